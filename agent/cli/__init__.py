@@ -1,0 +1,24 @@
+"""The `kger` command line: one module per command group, joined here."""
+from __future__ import annotations
+
+import typer
+
+from agent.cli import bundle, gallery
+from agent.cli.common import KgerGroup
+
+app = typer.Typer(
+    name="kger",
+    cls=KgerGroup,
+    help="Find ENT endoscopy images from a clinical description, and explain the choice.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # an API key in a local variable must never reach the screen
+    add_completion=False,
+)
+app.add_typer(bundle.app, name="bundle")
+app.command("index")(gallery.index)
+app.command("search")(gallery.search)
+
+
+def main() -> None:
+    app()

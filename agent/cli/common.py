@@ -1,0 +1,95 @@
+"""What every command shares: options, consoles, the exception-to-message table, the store opener."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import click
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+out_console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+HomeOpt = Annotated[
+    Optional[Path],
+    typer.Option("--home", envvar="KGER_HOME", help="Folder for stores, bundles, traces and caches [default: ~/.kger]."),
+]
+StoreOpt = Annotated[str, typer.Option("--store", help="Name of the image store (gallery) to use.")]
+ChromaUrlOpt = Annotated[
+    Optional[str],
+    typer.Option("--chroma-url", envvar="KGER_CHROMA_URL", help="Use a Chroma server (http://HOST:PORT) instead of the embedded store."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else there.")]
+KOpt = Annotated[int, typer.Option("--k", "-k", min=1, max=1000, help="How many images to return.")]
+
+
+class UserError(click.ClickException):
+    """A mistake the user can fix: one line on stderr, exit code 1, no traceback."""
+
+    exit_code = 1
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean 'bad input or state', imported lazily so --help stays fast."""
+    from retrieval.bundle import BundleError
+    from retrieval.labels import LabelsError
+    from retrieval.preprocess import ImageLoadError
+    from retrieval.weights import WeightsUnavailable
+    from store.gallery import StoreError
+
+    return (BundleError, LabelsError, ImageLoadError, WeightsUnavailable, StoreError, FileNotFoundError,
+            NotADirectoryError, PermissionError, KeyError, ValueError)
+
+
+class KgerGroup(TyperGroup):
+    """Applies the exception-to-message table once, for every command (and for CliRunner in tests)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            err_console.print("Interrupted.")
+            raise click.exceptions.Exit(130)
+        except Exception as e:
+            if os.environ.get("KGER_DEBUG"):
+                raise
+            if isinstance(e, _user_errors()):
+                msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+                raise UserError(str(msg).splitlines()[0] if str(msg) else type(e).__name__) from None
+            raise
+
+
+def set_home(home: Optional[Path]) -> Path:
+    """Make --home the one place every module reads (store.paths.kger_home reads KGER_HOME)."""
+    if home is not None:
+        os.environ["KGER_HOME"] = str(Path(home).expanduser().resolve())
+    from store.paths import kger_home
+
+    return kger_home()
+
+
+def open_gallery(store: str, url: Optional[str], create: bool = False):
+    from store.gallery import Gallery
+
+    return Gallery.open(store, url=url, create=create)
+
+
+def print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def progress(disable: bool = False):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), console=err_console, transient=True, disable=disable,
+    )

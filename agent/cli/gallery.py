@@ -1,0 +1,112 @@
+"""`kger index` and `kger search`: build a gallery from images, query it by text or by image."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from agent.cli.common import (
+    ChromaUrlOpt, HomeOpt, JsonOpt, KOpt, StoreOpt, err_console, open_gallery, out_console, print_json, progress,
+    set_home,
+)
+
+
+def _default_labels(images: Path) -> Optional[Path]:
+    """ENTRep layout: imgs/ next to cls.json."""
+    for cand in (images / "cls.json", images.parent / "cls.json"):
+        if images.is_dir() and cand.is_file():
+            return cand
+    return None
+
+
+def index(
+    images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively) or one image file.")],
+    bundle: Annotated[Path, typer.Option("--bundle", help="Bundle directory (kger bundle init / kger train).")],
+    labels: Annotated[Optional[Path], typer.Option(
+        "--labels", help="cls.json (image -> class) or CSV (image,label). Default: a cls.json beside the images.")] = None,
+    store: StoreOpt = "default",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=512, help="Images encoded per batch.")] = 16,
+    chroma_url: ChromaUrlOpt = None,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+):
+    """Index images into a store: idempotent and resumable (ids are content hashes).
+
+    Broken files are reported and skipped; a rerun after a crash encodes only what is missing.
+    """
+    set_home(home)
+    from retrieval.bundle import load_bundle
+    from retrieval.indexer import index_images
+    from retrieval.labels import read_labels
+
+    if not images.exists():
+        raise FileNotFoundError(f"no such image folder or file: {images}")
+    labels = labels or _default_labels(images)
+    label_map = read_labels(labels) if labels else {}
+    if labels:
+        err_console.print(f"Labels: {len(label_map)} from {labels}")
+    with err_console.status("Loading bundle..."):
+        ens = load_bundle(bundle)
+    gallery = open_gallery(store, chroma_url, create=True)
+    gallery.bind_bundle(ens.fingerprint, ens.path, ens.dim)
+    with progress(disable=False) as bar:
+        task = bar.add_task("Indexing", total=None)
+        report = index_images(
+            ens, gallery, images, labels=label_map, batch_size=batch_size,
+            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+            on_skip=lambda p, why: err_console.print(f"[yellow]skipped[/yellow] {p}: {why}"),
+        )
+    summary = {
+        "store": store, "indexed": report.indexed, "already_present": report.present,
+        "skipped": [{"path": p, "reason": r} for p, r in report.skipped],
+        "duplicates": [{"path": p, "same_as": s} for p, s in report.duplicates],
+        "count": gallery.count(), "bundle": ens.fingerprint,
+    }
+    if json_out:
+        print_json(summary)
+    else:
+        out_console.print(
+            f"Store '{store}': {report.indexed} indexed, {report.present} already present, "
+            f"{len(report.skipped)} skipped, {len(report.duplicates)} duplicate files; {summary['count']} images in all."
+        )
+        err_console.print(f'Next: kger search "left ear, tympanic membrane" --store {store}')
+
+
+def results_table(results, title: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("#", "image", "label", "score"):
+        t.add_column(col, justify="right" if col in ("#", "score") else "left")
+    for r in results:
+        label = r.label or (f"{r.predicted}? ({r.predicted_prob:.2f})" if r.predicted else "-")
+        t.add_row(str(r.rank), r.name, label, f"{r.score:.3f}")
+    return t
+
+
+def search(
+    text: Annotated[Optional[str], typer.Argument(help="A clinical description, e.g. 'left ear, dull tympanic membrane'.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="Find images like this one instead.")] = None,
+    k: KOpt = 10,
+    store: StoreOpt = "default",
+    chroma_url: ChromaUrlOpt = None,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+):
+    """Retrieval only (no judge, no fusion): the ensemble's ranking, with per-fold scores in --json."""
+    set_home(home)
+    if (text is None) == (image is None):
+        raise typer.BadParameter("give either TEXT or --image PATH")
+    from retrieval.search import Searcher
+
+    gallery = open_gallery(store, chroma_url)
+    with err_console.status("Loading bundle..."):
+        searcher = Searcher.for_gallery(gallery)
+    if image is not None and not image.is_file():
+        raise FileNotFoundError(f"no such image: {image}")
+    results = searcher.image(image, k=k) if image is not None else searcher.text(text, k=k)
+    if json_out:
+        print_json({"query": text, "image": str(image) if image else None, "store": store,
+                    "bundle": searcher.ens.fingerprint, "results": [r.to_dict() for r in results]})
+    else:
+        out_console.print(results_table(results, f"Top {len(results)} for {text!r}" if text else f"Images like {image}"))

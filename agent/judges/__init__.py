@@ -1,0 +1,1 @@
+"""Judges score each retrieved candidate against the description, with a reason."""

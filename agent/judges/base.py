@@ -1,0 +1,47 @@
+"""The judge contract: what a judge sees of a candidate and what it must say back.
+
+Both judges (Gemini and offline) take the same `Candidate`s and return one `Verdict` per candidate, in the
+same order, so the graph, the fusion and the traces never care which judge ran.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional, Protocol, Sequence
+
+from pydantic import BaseModel, Field
+
+
+class Candidate(BaseModel):
+    """One retrieved image, as the retrieval tool returns it."""
+
+    id: str = Field(description="content hash of the image file (the Chroma id)")
+    path: str = Field(description="where the image file lives on this machine")
+    rank: int = Field(description="1-based rank in the retrieval list")
+    score: float = Field(description="ensemble cosine similarity (mean of the per-fold cosines)")
+    fold_scores: list[float] = Field(default_factory=list, description="per-fold cosine similarities")
+    label: Optional[str] = Field(default=None, description="known ENTRep class, from the labels file")
+    predicted: Optional[str] = Field(default=None, description="class predicted by the bundle's classifier head")
+    predicted_prob: Optional[float] = Field(default=None, description="probability of `predicted`")
+
+
+class Verdict(BaseModel):
+    """A judge's answer for one candidate; everything a trace needs to show it later without a model."""
+
+    id: str
+    score: float = Field(ge=0.0, le=1.0, description="relevance in [0, 1]")
+    justification: str
+    region_seen: Optional[str] = None
+    judge: Literal["gemini", "offline"]
+    model: str = Field(description="model id, or 'offline-lexicon' for the offline judge")
+    prompt_hash: Optional[str] = None
+    raw: Optional[str] = Field(default=None, description="the raw answer text as returned by the model")
+    cached: bool = False
+    fallback: Optional[str] = Field(default=None, description="why the offline judge stood in, if it did")
+    latency_ms: float = 0.0
+
+
+class Judge(Protocol):
+    name: str
+
+    def judge(self, query: str, candidates: Sequence[Candidate]) -> list[Verdict]:
+        """One verdict per candidate, in the candidates' order. Must not raise for a single bad candidate."""
+        ...

@@ -1,0 +1,188 @@
+"""A bundle: a directory with a manifest and the per-fold trainable weights only.
+
+The frozen shared trunk is not stored: it is rebuilt from the packaged pretrained weights and checked against
+the manifest's hash, so a bundle stays small and a changed pretrained package is caught, not silently used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from retrieval.ensemble import FoldEnsemble
+from retrieval.nanoclip import NanoCLIPSpec
+
+FORMAT = "kger-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class BundleError(RuntimeError):
+    """A bundle that cannot be used as asked; the message says which file and what is wrong."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fold_file(f: int) -> str:
+    return f"fold_{f:02d}.safetensors"
+
+
+def fold_state(ens: FoldEnsemble, f: int) -> dict[str, torch.Tensor]:
+    state = {f"image.{k}": v for k, v in ens.image_tops[f].state_dict().items()}
+    state.update({f"text.{k}": v for k, v in ens.text_tops[f].state_dict().items()})
+    state["logit_scale"] = ens.logit_scale.detach()[f : f + 1].clone()
+    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+def write_fold(ens: FoldEnsemble, out: Path, f: int) -> str:
+    """Write one fold atomically (tmp file + rename): a crash never leaves a half-written fold behind."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (fold_file(f) + ".tmp")
+    save_file(fold_state(ens, f), str(tmp))
+    os.replace(tmp, out / fold_file(f))
+    return _sha256(out / fold_file(f))
+
+
+def fingerprint(manifest: dict) -> str:
+    """Identity of a bundle: the architecture, the shared trunk, and every fold's weights."""
+    basis = {k: manifest[k] for k in ("spec", "folds", "shared_hash", "files", "classes")}
+    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_bundle(
+    ens: FoldEnsemble,
+    out: str | Path,
+    *,
+    trained: bool,
+    metrics: dict | None = None,
+    data_hash: str | None = None,
+    extra: dict | None = None,
+    folds_written: Sequence[int] | None = None,
+) -> dict:
+    """Write every fold (or reuse `folds_written`' files already on disk) and then the manifest, last."""
+    out = Path(out)
+    files = {}
+    for f in range(ens.folds):
+        path = out / fold_file(f)
+        files[fold_file(f)] = _sha256(path) if folds_written and f in folds_written and path.exists() else write_fold(ens, out, f)
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "spec": ens.spec.to_dict(),
+        "folds": ens.folds,
+        "seed": ens.seed,
+        "fold_seeds": [ens.fold_seed(f) for f in range(ens.folds)],
+        "embed_dim": ens.spec.embed_dim,
+        "dim": ens.dim,
+        "shared_hash": ens.shared_hash(),
+        "classes": ens.classes,
+        "trained": trained,
+        "data_hash": data_hash,
+        "metrics": metrics or {},
+        "files": files,
+    }
+    manifest.update(extra or {})
+    manifest["fingerprint"] = fingerprint(manifest)
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, out / MANIFEST)
+    return manifest
+
+
+def read_manifest(path: str | Path) -> dict:
+    path = Path(path)
+    mf = path / MANIFEST
+    if not path.is_dir():
+        raise BundleError(f"no bundle directory at {path}")
+    if not mf.is_file():
+        raise BundleError(f"{path} is not a kger bundle (no {MANIFEST}); create one with `kger bundle init --out {path}`")
+    try:
+        manifest = json.loads(mf.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{mf} is not valid JSON ({e.msg} at line {e.lineno})") from e
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{mf} is not a kger bundle manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{mf} has format version {manifest.get('format_version')}, this kger reads version {FORMAT_VERSION}"
+        )
+    for key in ("spec", "folds", "shared_hash", "files", "fingerprint"):
+        if key not in manifest:
+            raise BundleError(f"{mf} lacks '{key}'")
+    return manifest
+
+
+def load_bundle(path: str | Path, *, verify: bool = True) -> FoldEnsemble:
+    """Rebuild the ensemble, check the shared trunk's hash and every fold file's checksum, load the folds."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    spec = NanoCLIPSpec.from_dict(manifest["spec"])
+    ens = FoldEnsemble(spec, manifest["folds"], seed=manifest.get("seed", 0), classes=manifest.get("classes"))
+    if verify and ens.shared_hash() != manifest["shared_hash"]:
+        raise BundleError(
+            f"bundle {path} was made with other pretrained weights (shared trunk hash differs): "
+            "the installed weight packages changed; retrain or re-init the bundle"
+        )
+    for f in range(ens.folds):
+        name = fold_file(f)
+        fp = path / name
+        if not fp.is_file():
+            raise BundleError(f"bundle {path} is missing {name}")
+        if verify and _sha256(fp) != manifest["files"].get(name):
+            raise BundleError(f"bundle file {fp} is corrupt (checksum differs from the manifest)")
+        try:
+            state = load_file(str(fp))
+        except Exception as e:  # safetensors raises several types for damaged files
+            raise BundleError(f"bundle file {fp} cannot be read: {e}") from e
+        image = {k[6:]: v for k, v in state.items() if k.startswith("image.")}
+        text = {k[5:]: v for k, v in state.items() if k.startswith("text.")}
+        try:
+            ens.image_tops[f].load_state_dict(image)
+            ens.text_tops[f].load_state_dict(text)
+        except RuntimeError as e:
+            raise BundleError(f"bundle file {fp} does not fit the manifest's architecture: {e}") from e
+        with torch.no_grad():
+            ens.logit_scale[f] = state["logit_scale"][0]
+    ens.manifest = manifest
+    ens.path = str(path.resolve())
+    ens.fingerprint = manifest["fingerprint"]
+    return ens.eval()
+
+
+def init_bundle(
+    out: str | Path,
+    *,
+    folds: int = 10,
+    seed: int = 0,
+    image_backbone: str = "efficientnet_lite0",
+    text_backbone: str = "minilm",
+    pool: str = "lr_split",
+    config: str | None = None,
+) -> dict:
+    """An untrained ensemble: pretrained towers, seeded projections. Refuses to overwrite another bundle."""
+    from retrieval.weights import DEFAULT_CONFIG
+
+    out = Path(out)
+    if (out / MANIFEST).exists():
+        raise BundleError(f"{out} already holds a bundle; choose another --out or delete it first")
+    spec = NanoCLIPSpec(
+        config=config or DEFAULT_CONFIG.get(image_backbone, "nanoclip-effl0-minilm"),
+        image_backbone=image_backbone,
+        text_backbone=text_backbone,
+        pool=pool,
+    )
+    ens = FoldEnsemble(spec, folds, seed=seed)
+    return save_bundle(ens, out, trained=False)

@@ -1,0 +1,256 @@
+"""NanoCLIP as an open_clip model: model configs, side-aware pooling, and the frozen/trainable split.
+
+open_clip builds the `CustomTextCLIP` (timm image tower + Hugging Face text tower) from a JSON config in
+`model_configs/`. kger then owns two things open_clip does not have: a pooling that keeps left from right
+(DESIGN.md §4, "Laterality") and a clean cut of each tower into a frozen lower part (shared by every fold) and
+a trainable top (one copy per fold).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from retrieval import weights as W
+
+log = logging.getLogger("kger.nanoclip")
+
+CONFIG_DIR = Path(__file__).with_name("model_configs")
+_REGISTERED = False
+
+
+def register_configs() -> None:
+    """Add kger's configs to open_clip's registry (idempotent), as open_clip's own `add_model_config` does."""
+    global _REGISTERED
+    if not _REGISTERED:
+        import open_clip
+
+        open_clip.add_model_config(CONFIG_DIR)
+        _REGISTERED = True
+
+
+def list_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+# ---------------------------------------------------------------------------------------------- pooling
+POOLS: dict[str, type[nn.Module]] = {}
+
+
+def register_pool(cls):
+    """Pools are keyed by snake_case name, as open_clip's `@register_pooler` does for text poolers."""
+    POOLS[cls.key] = cls
+    return cls
+
+
+@register_pool
+class AvgPool(nn.Module):
+    """Plain global average: a frame and its mirror pool to almost the same vector (kept as the baseline)."""
+
+    key = "avg"
+    mult = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+@register_pool
+class LRSplitPool(nn.Module):
+    """Average the left and right halves of the feature map separately and concatenate: mirroring swaps them."""
+
+    key = "lr_split"
+    mult = 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        halves = F.adaptive_avg_pool2d(x, (1, 2))  # odd widths: the middle column counts on both sides
+        return torch.cat([halves[..., 0], halves[..., 1]], dim=1).flatten(1)
+
+
+# ---------------------------------------------------------------------------------------------- spec
+@dataclass(frozen=True)
+class NanoCLIPSpec:
+    """Everything needed to rebuild the architecture; stored in the bundle manifest."""
+
+    config: str = "nanoclip-effl0-minilm"  # a model config name (retrieval/model_configs)
+    image_backbone: str = "efficientnet_lite0"  # packaged name or 'timm:ARCH=PATH'
+    text_backbone: str = "minilm"  # 'minilm' or a local Hugging Face model dir
+    pool: str = "lr_split"  # 'lr_split' (side-aware) or 'avg'
+    image_trainable_stages: int = 1  # last N block stages of the image trunk trained per fold (+ conv head)
+    text_trainable_layers: int = 1  # last N transformer layers trained per fold
+    embed_dim: int = 64
+    image_size: int = 224
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NanoCLIPSpec":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@contextlib.contextmanager
+def _quiet_loaders():
+    """open_clip warns 'initialized partially' (we load towers ourselves); transformers prints load reports."""
+    import transformers
+
+    root = logging.getLogger()
+    level, tf_level = root.level, transformers.logging.get_verbosity()
+    root.setLevel(logging.ERROR)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        transformers.logging.set_verbosity(tf_level)
+
+
+def create_clip(spec: NanoCLIPSpec):
+    """Build the open_clip `CustomTextCLIP` with pretrained towers loaded from local files only."""
+    import open_clip
+
+    register_configs()
+    cfg = open_clip.get_model_config(spec.config)
+    if cfg is None:
+        raise W.WeightsUnavailable(f"unknown model config {spec.config!r}; known: {', '.join(list_configs())}")
+    backbone = W.image_backbone(spec.image_backbone)
+    text_path = str(W.resolve_text_backbone(spec.text_backbone))
+    if spec.pool not in POOLS:
+        raise ValueError(f"unknown pool {spec.pool!r}; known: {', '.join(POOLS)}")
+    vision = dict(cfg["vision_cfg"], timm_model_name=backbone.timm_name, image_size=spec.image_size)
+    # kger owns pooling and projection: open_clip's trunk hands back the last feature map.
+    vision.update(timm_pool="", timm_proj="none")
+    text = dict(cfg["text_cfg"], hf_model_name=text_path, hf_tokenizer_name=text_path)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with _quiet_loaders():
+        model = open_clip.create_model(
+            spec.config, pretrained=None, pretrained_text=True, vision_cfg=vision, text_cfg=text,
+            embed_dim=spec.embed_dim,
+        )
+    W.load_image_weights(model.visual.trunk, backbone)
+    return model, backbone, text_path
+
+
+# ---------------------------------------------------------------------------------------------- split
+class ImageTrunk(nn.Module):
+    """The frozen lower image layers (stem + first block stages): computed once for all folds."""
+
+    def __init__(self, trunk: nn.Module, cut: int):
+        super().__init__()
+        self.stem = nn.Sequential(trunk.conv_stem, trunk.bn1)
+        self.blocks = nn.Sequential(*list(trunk.blocks)[:cut])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.stem(x))
+
+
+class ImageTop(nn.Module):
+    """One fold's trainable image layers: last block stages, conv head, side-aware pool, projection."""
+
+    def __init__(self, trunk: nn.Module, cut: int, pool: str, embed_dim: int):
+        super().__init__()
+        self.blocks = nn.Sequential(*list(trunk.blocks)[cut:])
+        self.head = nn.Sequential(trunk.conv_head, trunk.bn2)
+        self.pool = POOLS[pool]()
+        self.pooled_dim = trunk.num_features * self.pool.mult
+        self.proj = nn.Linear(self.pooled_dim, embed_dim, bias=False)
+        self.classifier: nn.Linear | None = None
+
+    def add_classifier(self, n_classes: int) -> None:
+        self.classifier = nn.Linear(self.pooled_dim, n_classes)
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(projected embedding, pooled features); not normalised, so training sees the raw geometry."""
+        pooled = self.pool(self.head(self.blocks(feats)))
+        return self.proj(pooled), pooled
+
+
+def _bert_layers(transformer: nn.Module) -> nn.ModuleList:
+    encoder = getattr(transformer, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if layers is None:
+        raise W.WeightsUnavailable(f"text backbone {type(transformer).__name__} has no encoder.layer list")
+    return layers
+
+
+class TextTrunk(nn.Module):
+    """The frozen lower text layers (embeddings + first transformer layers)."""
+
+    def __init__(self, transformer: nn.Module, cut: int, pad_token_id: int):
+        super().__init__()
+        self.embeddings = transformer.embeddings
+        self.layers = nn.ModuleList(list(_bert_layers(transformer))[:cut])
+        self.pad_token_id = pad_token_id
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = (ids != self.pad_token_id).long()
+        hidden = self.embeddings(input_ids=ids)
+        return run_layers(self.layers, hidden, mask), mask
+
+
+def run_layers(layers, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Run transformer layers with an additive padding mask (matches the full model exactly; tested)."""
+    additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+    for layer in layers:
+        out = layer(hidden, attention_mask=additive)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
+class TextTop(nn.Module):
+    """One fold's trainable text layers: the last transformer layers, mean pooling, projection."""
+
+    def __init__(self, transformer: nn.Module, cut: int, width: int, embed_dim: int):
+        super().__init__()
+        self.layers = nn.ModuleList(list(_bert_layers(transformer))[cut:])
+        self.proj = nn.Linear(width, embed_dim, bias=False)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = run_layers(self.layers, hidden, mask)
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return self.proj((hidden * m).sum(1) / m.sum(1).clamp(min=1.0))
+
+
+def split_clip(model, spec: NanoCLIPSpec) -> tuple[ImageTrunk, ImageTop, TextTrunk, TextTop]:
+    """Cut the open_clip model into shared trunks and one (template) top per tower."""
+    trunk = model.visual.trunk
+    if not all(hasattr(trunk, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
+        raise W.WeightsUnavailable(
+            f"image architecture {type(trunk).__name__} cannot be split into a shared trunk and fold tops "
+            "(kger supports timm's EfficientNet/MobileNet family)"
+        )
+    n_stages = len(trunk.blocks)
+    if not 0 <= spec.image_trainable_stages <= n_stages:
+        raise ValueError(f"image_trainable_stages must be in 0..{n_stages}")
+    icut = n_stages - spec.image_trainable_stages
+    transformer = model.text.transformer
+    n_layers = len(_bert_layers(transformer))
+    if not 0 <= spec.text_trainable_layers <= n_layers:
+        raise ValueError(f"text_trainable_layers must be in 0..{n_layers}")
+    tcut = n_layers - spec.text_trainable_layers
+    pad = model.text.config.pad_token_id or 0
+    width = model.text.config.hidden_size
+    return (
+        ImageTrunk(trunk, icut),
+        ImageTop(trunk, icut, spec.pool, spec.embed_dim),
+        TextTrunk(transformer, tcut, pad),
+        TextTop(transformer, tcut, width, spec.embed_dim),
+    )
+
+
+def make_tokenizer(text_path: str, context_length: int = 77) -> Callable[[list[str]], torch.Tensor]:
+    from open_clip.tokenizer import HFTokenizer
+
+    return HFTokenizer(text_path, context_length=context_length)
+
+
+def config_json(name: str) -> dict:
+    return json.loads((CONFIG_DIR / f"{name}.json").read_text())

@@ -1,0 +1,40 @@
+"""Where kger keeps its state: one home folder (env KGER_HOME, default ~/.kger).
+
+Nothing here creates folders: only callers that write do, so a read-only command never leaves
+an empty home behind.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def kger_home() -> Path:
+    """The home folder: KGER_HOME when set (tests point it at a tmp dir), else ~/.kger."""
+    return Path(os.environ.get("KGER_HOME") or "~/.kger").expanduser()
+
+
+def _home(home: Path | None) -> Path:
+    return Path(home).expanduser() if home is not None else kger_home()
+
+
+def stores_dir(home: Path | None = None) -> Path:
+    """One sub-folder per named store (each its own Chroma path)."""
+    return _home(home) / "stores"
+
+
+def traces_db_path(home: Path | None = None) -> Path:
+    return _home(home) / "traces.db"
+
+
+def cache_db_path(home: Path | None = None) -> Path:
+    return _home(home) / "cache.db"
+
+
+def checkpoints_db_path(home: Path | None = None) -> Path:
+    """LangGraph's SQLite checkpointer; kept apart from traces so either can be deleted alone."""
+    return _home(home) / "checkpoints.db"
+
+
+def bundles_dir(home: Path | None = None) -> Path:
+    return _home(home) / "bundles"
