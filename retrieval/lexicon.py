@@ -220,6 +220,13 @@ def _classes_for(sites: list[str], side: str | None, state: str | None) -> tuple
     return tuple(c for c in CLASSES if c in keep)
 
 
+def classes_for(site: str | None = None, side: str | None = None, state: str | None = None) -> tuple[str, ...]:
+    """The ENTRep classes that a site / side / open-closed filter allows (planner filters use this)."""
+    if site is not None and site not in SITES:
+        raise ValueError(f"unknown region {site!r}; one of {', '.join(SITES)}")
+    return _classes_for([site] if site else [], side, state)
+
+
 @lru_cache(maxsize=4096)
 def _parse_simple(text: str) -> ParsedQuery:
     sites = list(dict.fromkeys(site for _, _, site in _site_spans(text)))

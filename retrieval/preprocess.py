@@ -30,7 +30,7 @@ log = logging.getLogger("kger.preprocess")
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
-# PIL format ids we decode; MPO is what PIL calls a camera JPEG with extra frames.
+# PIL format ids we decode (a camera's multi-frame JPEG opens as JPEG and reports itself as MPO).
 DECODE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 MAX_FILE_BYTES = 256 * 1024 * 1024  # refuse to read more than this from disk
 MAX_PIXELS = 1 << 26  # 67 Mpx (e.g. 8192 x 8192); larger is refused as a likely decompression bomb
@@ -39,7 +39,7 @@ LOAD_MAX_SIDE = 4096  # longer sides are reduced on load; no consumer needs more
 # Circle-crop tuning (working resolution is about WORK_SIDE px on the long side).
 WORK_SIDE = 320
 MIN_SIDE = 16  # below this there is no field to find
-MIN_CONTRAST = 16  # grey levels between the 1st and 99th percentile
+MIN_CONTRAST = 16  # grey levels between the 1st and 99.9th percentile
 MIN_FIELD_FRACTION = 0.05  # of the frame
 MAX_OUTSIDE_BRIGHT = 0.10  # fraction of bright pixels tolerated outside the box (text overlays)
 FULL_FRAME = 0.97  # a box this close to the frame on both axes is "no border"
@@ -77,7 +77,7 @@ def load_image(path) -> Image.Image:
         img = Image.open(io.BytesIO(data), formats=DECODE_FORMATS)
     except Image.DecompressionBombError as e:
         raise ImageLoadError(f"image too large: {e} (decompression-bomb guard)", path) from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+    except Exception as e:  # noqa: BLE001 - plugins raise many types on hostile headers
         raise ImageLoadError(_unopenable_reason(data), path) from e
 
     fmt = "JPEG" if img.format == "MPO" else (img.format or "image")
@@ -89,8 +89,10 @@ def load_image(path) -> Image.Image:
             f"image too large: {w}x{h} = {w * h:,} pixels exceeds the {MAX_PIXELS:,}-pixel cap "
             "(decompression-bomb guard)", path)
     if fmt == "JPEG" and max(w, h) > LOAD_MAX_SIDE:
-        scale = LOAD_MAX_SIDE / max(w, h)
-        img.draft(img.mode, (math.ceil(w * scale), math.ceil(h * scale)))  # DCT-domain downscale: cheap
+        # DCT-domain downscale by 2/4/8 while decoding; draft keeps at least the size asked for, so ask
+        # for half the cap to land in [cap/2, cap].
+        scale = LOAD_MAX_SIDE / 2 / max(w, h)
+        img.draft(img.mode, (math.ceil(w * scale), math.ceil(h * scale)))
 
     try:
         img.load()
@@ -104,11 +106,19 @@ def load_image(path) -> Image.Image:
         img = ImageOps.exif_transpose(img)
     except Exception as e:  # noqa: BLE001 - a broken EXIF block should not cost the pixels
         log.debug("%s: ignoring unreadable EXIF orientation (%s)", path, e)
-    rgb = _to_rgb(img, path)
-    if max(rgb.size) > LOAD_MAX_SIDE:
-        rgb = rgb.reduce(math.ceil(max(rgb.size) / LOAD_MAX_SIDE))
+    if img.mode in _REDUCIBLE:  # shrink before the RGB copies are made
+        img = _cap_side(img)
+    rgb = _cap_side(_to_rgb(img, path))
     rgb.load()
     return rgb
+
+
+_REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "I", "F"})  # modes where box-averaging is meaningful
+
+
+def _cap_side(img: Image.Image) -> Image.Image:
+    side = max(img.size)
+    return img.reduce(math.ceil(side / LOAD_MAX_SIDE)) if side > LOAD_MAX_SIDE else img
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -209,7 +219,7 @@ def _to_rgb(img: Image.Image, path=None) -> Image.Image:
         return img
     if mode.startswith("I") or mode == "F":
         return Image.fromarray(_to_uint8(np.asarray(img), mode), "L").convert("RGB")
-    if "A" in mode or "a" in mode or "transparency" in img.info:
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(black, rgba).convert("RGB")
@@ -279,7 +289,7 @@ def _field_box(img: Image.Image) -> tuple[tuple[int, int, int, int] | None, str]
     g = np.asarray(small)
     if g.ndim == 3:  # brightest channel: tissue is red-dominant, so this separates it from black best
         g = np.maximum(np.maximum(g[..., 0], g[..., 1]), g[..., 2])  # 25x faster than max(axis=2)
-    lo, hi = np.percentile(g, (1, 99))
+    lo, hi = np.percentile(g, (1, 99.9))
     if hi - lo < MIN_CONTRAST:
         return None, f"uniform image (grey levels {lo:.0f}..{hi:.0f})"
     raw = g > lo + max(8.0, 0.06 * (hi - lo))

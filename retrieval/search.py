@@ -51,7 +51,12 @@ class Searcher:
     def for_gallery(cls, gallery) -> "Searcher":
         return cls(load_bundle(bound_bundle(gallery)["path"]), gallery)
 
-    def _results(self, query_vec: np.ndarray, k: int, classes: Optional[Sequence[str]] = None) -> list[Result]:
+    def encode_text(self, query: str) -> np.ndarray:
+        if not query.strip():
+            raise ValueError("the description is empty")
+        return self.ens.encode_texts([query])[0]
+
+    def by_vector(self, query_vec: np.ndarray, k: int, classes: Optional[Sequence[str]] = None) -> list[Result]:
         where = {"cls": {"$in": list(classes)}} if classes else None
         hits = self.gallery.query(query_vec, k=k, where=where, include_embeddings=True)
         if not hits:
@@ -68,9 +73,7 @@ class Searcher:
         return out
 
     def text(self, query: str, k: int = 10, classes: Optional[Sequence[str]] = None) -> list[Result]:
-        if not query.strip():
-            raise ValueError("the description is empty")
-        return self._results(self.ens.encode_texts([query])[0], k, classes)
+        return self.by_vector(self.encode_text(query), k, classes)
 
     def image(self, path: str | Path, k: int = 10, classes: Optional[Sequence[str]] = None) -> list[Result]:
         """More like this image: its stored vector when indexed, else encoded now."""
@@ -81,10 +84,10 @@ class Searcher:
         else:
             vec, _ = self.ens.encode_images(load_for_model(path, self.ens.spec.image_size, self.ens.mean, self.ens.std)[None])
             vec = vec[0]
-        return self._results(vec, k, classes)
+        return self.by_vector(vec, k, classes)
 
     def like(self, image_id: str, k: int = 10, classes: Optional[Sequence[str]] = None) -> list[Result]:
         stored = self.gallery.get([image_id], include_embeddings=True)
         if not stored:
             raise KeyError(f"image {image_id} is not in store '{self.gallery.name}'")
-        return self._results(np.asarray(stored[0].embedding, dtype=np.float32), k, classes)
+        return self.by_vector(np.asarray(stored[0].embedding, dtype=np.float32), k, classes)

@@ -94,9 +94,9 @@ def _lock_store(name: str, root: Path, writable: bool, timeout: float) -> StoreL
     try:
         lock.acquire()
     except LockTimeout:
-        doing = "read by another process (a `kger chat`?)" if writable else "indexed by another process"
+        doing = "in use by another process" if writable else "being indexed by another process"
         raise StoreError(
-            f"Store '{name}' is being {doing}: wait for it to finish, or share it through a Chroma server "
+            f"Store '{name}' is {doing}: wait for it to finish, or share it through a Chroma server "
             f"(`chroma run --path {root / 'chroma'}`, then set KGER_CHROMA_URL)"
         ) from None
     return lock

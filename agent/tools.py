@@ -1,0 +1,89 @@
+"""The tools the planner calls: text -> images and image -> images, over the retrieval core."""
+from __future__ import annotations
+
+import json
+from typing import Literal, Optional
+
+from typing import Annotated
+
+from langchain_core.tools import tool
+from langgraph.prebuilt import InjectedState
+from langgraph.runtime import get_runtime
+
+from retrieval.lexicon import classes_for
+
+Region = Literal["ear", "nose", "throat", "larynx"]
+
+
+def _candidates(results, matched: Optional[set[str]] = None) -> list[dict]:
+    out = []
+    for r in results:
+        d = r.to_dict()
+        d["filter_match"] = None if matched is None else r.id in matched
+        out.append(d)
+    return out
+
+
+def _summary(cands: list[dict]) -> str:
+    """What a chat model reads back: short, ids and labels only (the artifact holds the full candidates)."""
+    return json.dumps([{"rank": i + 1, "id": c["id"][:12], "label": c.get("label") or c.get("predicted"),
+                        "score": round(c["score"], 4)} for i, c in enumerate(cands)])
+
+
+def _searcher():
+    from agent.context import Context
+
+    return get_runtime(Context).context.searcher
+
+
+@tool(response_format="content_and_artifact")
+def retrieve(
+    query: str,
+    region: Optional[Region] = None,
+    side: Optional[Literal["left", "right"]] = None,
+    state: Optional[Literal["open", "closed"]] = None,
+    k: int = 20,
+):
+    """Search the endoscopy image library with a short clinical phrase.
+
+    Optional filters: region (ear, nose, throat, larynx), side (left/right, ear and nose only), state
+    (open/closed, vocal folds only). Images that satisfy the filters come first, then the best of the rest.
+    """
+    searcher = _searcher()
+    k = max(1, min(int(k), 200))
+    classes = classes_for(region, side, state) if (region or side or state) else None
+    vec = searcher.encode_text(query)
+    if classes is None:
+        cands = _candidates(searcher.by_vector(vec, k))
+    else:
+        first = searcher.by_vector(vec, k, classes)
+        matched = {r.id for r in first}
+        rest = [r for r in searcher.by_vector(vec, k) if r.id not in matched]
+        cands = _candidates(first + rest, matched)[:k]
+    for i, c in enumerate(cands, start=1):
+        c["rank"], c["query"] = i, query
+    return _summary(cands), cands
+
+
+@tool(response_format="content_and_artifact")
+def similar(image: str, answer: Annotated[Optional[dict], InjectedState("answer")] = None, k: int = 20):
+    """Find images that look like one image: '#N' (rank N of the previous answer), an image id, or a file path."""
+    searcher = _searcher()
+    k = max(1, min(int(k), 200))
+    ref = image.strip()
+    if ref.startswith("#") and ref[1:].isdigit():
+        rows = (answer or {}).get("rows", [])
+        n = int(ref[1:])
+        if not 1 <= n <= len(rows):
+            raise ValueError(f"there is no image #{n} in the previous answer")
+        ref = rows[n - 1]["id"]
+    from pathlib import Path
+
+    results = searcher.image(ref, k=k) if Path(ref).is_file() else searcher.like(ref, k=k)
+    cands = _candidates(results)
+    for c in cands:
+        c["query"] = f"like {image}"
+    return _summary(cands), cands
+
+
+TOOLS = [retrieve, similar]

@@ -1,0 +1,567 @@
+"""Train a NanoCLIP K-fold ensemble and write it as a bundle.
+
+Commands (run from the project root):
+
+    python -m training.train ../shared/data/entrep/train --out /tmp/B --folds 5
+    python -m training.train DATA --out DIR --folds 1 --val_fraction=0.2   # one model, 20 % held out
+    python -m training.train DATA --out DIR --config=debug                  # CPU smoke run (seconds)
+    python -m training.train DATA --out DIR --config=my.json --lr=5e-4      # a JSON file, then overrides
+    kger train DATA --out DIR --folds 10 --epochs 30                        # the same, from the CLI
+
+DATA is an ENTRep folder (imgs/ + cls.json and/or t2i.json), a folder per class, or a CSV (image,text[,label]).
+Overrides apply in order: defaults below, `--config` (a preset name or a JSON file), then `--key=value`;
+unknown keys and values of the wrong type are refused.
+
+What it does, top to bottom: read the data; deal grouped, stratified folds; build the ensemble (pretrained
+frozen trunks shared by all folds); run the frozen trunks once over a fixed set of augmented views per image
+and over every caption (cache.py); then per fold train the image top + text top + projections + classifier
+head, keep the best epoch by validation, write the fold and a partial manifest at once. A rerun with the same
+settings resumes after the last finished fold. The manifest, with per-fold metrics, is written last.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from safetensors.torch import load_file
+
+from retrieval.bundle import MANIFEST, fold_file, read_manifest, save_bundle, write_fold
+from retrieval.ensemble import FoldEnsemble
+from retrieval.metrics import summarize
+from retrieval.nanoclip import NanoCLIPSpec
+from training.augment import AugmentConfig
+from training.cache import TextCache, ViewCache, build_text_cache, build_view_cache, view_texts
+from training.data import Dataset, load_dataset
+from training.folds import assign_folds, clamp_folds, holdout, split
+from training.loss import classifier_loss, hard_negatives, multi_positive_loss, positive_weights
+
+log = logging.getLogger("kger.train")
+PROGRESS = "train_progress.json"
+
+
+class TrainError(RuntimeError):
+    """A training run that cannot go ahead as asked; one line that says what to do."""
+
+
+# -----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainConfig:
+    # I/O
+    data: str = ""  # ENTRep folder, folder-per-class, or CSV (image,text[,label])
+    out: str = "out/bundle"  # bundle directory; a rerun with the same settings resumes there
+    # data
+    folds: int = 10  # K; clamped to the images of the smallest class; 1 = one model on everything
+    val_fraction: float = 0.0  # K=1 only: grouped, stratified share held out to pick the epoch (0 = none)
+    views: int = 8  # cached views per image: plain, mirrored, then augmented (alternately mirrored)
+    flip: bool = True  # mirrored views with the side swapped; pool='avg' cannot use them, so off there
+    templates: bool = True  # add the lexicon's class captions to every labelled image
+    desc_prob: float = 0.5  # chance a step draws an image's own description (if any) over a class caption
+    # model
+    config: str = "nanoclip-effl0-minilm"  # retrieval/model_configs name
+    image_backbone: str = "efficientnet_lite0"  # packaged name or 'timm:ARCH=PATH'
+    text_backbone: str = "minilm"  # 'minilm' or a local Hugging Face model dir
+    pool: str = "lr_split"  # 'lr_split' (side-aware) or 'avg' (the baseline that cannot see sides)
+    image_trainable_stages: int = 1  # last block stages trained per fold (+ conv head)
+    text_trainable_layers: int = 1  # last transformer layers trained per fold
+    embed_dim: int = 64
+    image_size: int = 224
+    # optimizer
+    epochs: int = 40  # passes over a fold's training images (one random cached view each)
+    batch_size: int = 32
+    lr: float = 2e-3  # projections and classifier head
+    backbone_lr: float = 2e-4  # trainable layers of both towers
+    weight_decay: float = 0.05
+    warmup_steps: int = 10  # linear warm-up, then cosine decay
+    min_lr_ratio: float = 0.1  # decay to lr * this at the last step
+    grad_clip: float = 1.0  # max gradient norm (0 = off)
+    # loss
+    cls_weight: float = 0.5  # weight of the 7-way classifier cross-entropy on the pooled features
+    class_pos_weight: float = 1.0  # target weight of pairs sharing only a class (shared description = 1)
+    hard_margin: float = 0.1  # extra cosine margin for opposite-side and open/closed negatives
+    label_smoothing: float = 0.1
+    select_by: str = "MRR"  # validation metric that picks each fold's best epoch
+    bn_train: bool = False  # update BatchNorm statistics in the fold tops (tiny batches: keep off)
+    # system
+    seed: int = 0
+    threads: int = 0  # torch threads (0 = torch's default)
+    progress: bool = True  # progress bars on stderr
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # A CPU-sized smoke run, like nanoGPT's train_shakespeare_char.py: seconds per fold, proves the plumbing.
+    "debug": dict(folds=2, views=2, epochs=2, batch_size=16),
+}
+# Settings that do not change the weights: a resumed run may differ in these.
+_NOT_IN_KEY = ("data", "out", "threads", "progress")
+
+
+# ----------------------------------------------------------------------------------------------- schedule
+def get_lr(step: int, total: int, base: float, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to base * min_lr_ratio; pure, like nanoGPT's."""
+    if step < cfg.warmup_steps:
+        return base * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    coeff = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return base * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * coeff)
+
+
+def configure_optimizer(image_top, text_top, scale: torch.nn.Parameter, cfg: TrainConfig) -> torch.optim.AdamW:
+    """Heads (projections, classifier, temperature) at lr; pretrained layers at backbone_lr; no decay on
+    norms, biases or the temperature."""
+    head_names = ("proj.", "classifier.")
+    groups: dict[tuple[bool, bool], list] = {}
+    for prefix, module in (("image", image_top), ("text", text_top)):
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            head = name.startswith(head_names)
+            decay = p.ndim >= 2
+            groups.setdefault((head, decay), []).append(p)
+    param_groups = [
+        {"params": ps, "base_lr": cfg.lr if head else cfg.backbone_lr, "weight_decay": cfg.weight_decay if decay else 0.0}
+        for (head, decay), ps in sorted(groups.items())
+    ]
+    param_groups.append({"params": [scale], "base_lr": cfg.lr, "weight_decay": 0.0})
+    for g in param_groups:
+        g["lr"] = g["base_lr"]
+    return torch.optim.AdamW(param_groups, betas=(0.9, 0.98))
+
+
+# --------------------------------------------------------------------------------------------- validation
+@torch.no_grad()
+def evaluate(ens: FoldEnsemble, f: int, val: Sequence[int], views: ViewCache, texts: TextCache,
+             source: Callable | None = None) -> dict[str, float]:
+    """Text -> image on the held-out images: every caption of a held-out image is a query, the relevant
+    images are the held-out ones that share it; plus class accuracy of the head on their plain view."""
+    image_top, text_top = ens.image_tops[f], ens.text_tops[f]
+    image_top.eval()
+    text_top.eval()
+    source = source or views.features
+    n = torch.as_tensor(list(val), dtype=torch.long)
+    emb, pooled = image_top(source(n, torch.zeros_like(n)))
+    emb = torch.nn.functional.normalize(emb, dim=-1)
+    queries = sorted({t for i in val for t in views.captions(i, 0)})
+    hidden, mask = texts.batch(queries)
+    q = torch.nn.functional.normalize(text_top(hidden, mask), dim=-1)
+    order = (q @ emb.T).argsort(dim=1, descending=True)
+    val_ids = list(val)
+    results = [([val_ids[j] for j in row.tolist()], {i for i in val_ids if t in views.captions(i, 0)})
+               for t, row in zip(queries, order)]
+    out = summarize(results)
+    labels = views.labels[n, 0]
+    known = labels >= 0
+    if image_top.classifier is not None and bool(known.any()):
+        pred = image_top.classifier(pooled).argmax(-1)
+        out["acc"] = float((pred[known] == labels[known]).float().mean())
+    out["n_val"] = len(val_ids)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- one fold
+def set_mode(ens: FoldEnsemble, f: int, training: bool, bn_train: bool) -> None:
+    for top in (ens.image_tops[f], ens.text_tops[f]):
+        top.train(training)
+        if training and not bn_train:
+            for m in top.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+
+def fit_fold(
+    ens: FoldEnsemble,
+    f: int,
+    train: Sequence[int],
+    val: Sequence[int],
+    views: ViewCache,
+    texts: TextCache,
+    cfg: TrainConfig,
+    *,
+    source: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+    on_epoch: Callable[[int, float, dict], None] | None = None,
+) -> dict:
+    """Train fold f's tops in place and keep its best epoch; `source(n, v)` gives trunk features (the cache
+    unless a benchmark recomputes them)."""
+    source = source or views.features
+    image_top, text_top = ens.image_tops[f], ens.text_tops[f]
+    scale = torch.nn.Parameter(ens.logit_scale.detach()[f].clone())
+    opt = configure_optimizer(image_top, text_top, scale, cfg)
+    gen = torch.Generator().manual_seed(ens.fold_seed(f))
+    torch.manual_seed(ens.fold_seed(f))  # dropout in the text layer
+    train_t = torch.as_tensor(list(train), dtype=torch.long)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total, step = cfg.epochs * steps_per_epoch, 0
+    best: dict | None = None
+    for epoch in range(1, cfg.epochs + 1):
+        set_mode(ens, f, True, cfg.bn_train)
+        perm = train_t[torch.randperm(len(train_t), generator=gen)]
+        losses = []
+        for b in range(steps_per_epoch):
+            n = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            v = torch.randint(views.n_views, (len(n),), generator=gen)
+            pairs = list(zip(n.tolist(), v.tolist()))
+            text_ids = [draw_caption(views, i, j, cfg.desc_prob, gen) for i, j in pairs]
+            classes = [views.view_class(i, j) for i, j in pairs]
+            emb, pooled = image_top(source(n, v))
+            temb = text_top(*texts.batch(text_ids))
+            weights = positive_weights([views.captions(i, j) for i, j in pairs], classes, text_ids, classes,
+                                       cfg.class_pos_weight)
+            loss = multi_positive_loss(emb, temb, scale, weights, hard_negatives(classes, classes), cfg.hard_margin)
+            if image_top.classifier is not None and cfg.cls_weight:
+                loss = loss + cfg.cls_weight * classifier_loss(image_top.classifier(pooled), views.labels[n, v],
+                                                               cfg.label_smoothing)
+            for g in opt.param_groups:
+                g["lr"] = get_lr(step, total, g["base_lr"], cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                scale.clamp_(0, math.log(100))
+            losses.append(loss.item())
+            step += 1
+            if on_step:
+                on_step(epoch, step, losses[-1])
+        metrics = evaluate(ens, f, val, views, texts, source) if val else {}
+        mean_loss = sum(losses) / len(losses)
+        if on_epoch:
+            on_epoch(epoch, mean_loss, metrics)
+        score = metrics.get(cfg.select_by, 0.0) if val else epoch  # no validation: keep the last epoch
+        if best is None or score > best["score"]:
+            best = {"score": score, "epoch": epoch, "loss": mean_loss, "metrics": metrics,
+                    "image": copy.deepcopy(image_top.state_dict()), "text": copy.deepcopy(text_top.state_dict()),
+                    "scale": float(scale.detach())}
+    assert best is not None
+    image_top.load_state_dict(best["image"])
+    text_top.load_state_dict(best["text"])
+    with torch.no_grad():
+        ens.logit_scale[f] = best["scale"]
+    set_mode(ens, f, False, cfg.bn_train)
+    return {"fold": f, "best_epoch": best["epoch"], "train_loss": round(best["loss"], 4),
+            "n_train": len(train), **{k: _round(v) for k, v in best["metrics"].items()}}
+
+
+def draw_caption(views: ViewCache, n: int, v: int, desc_prob: float, gen: torch.Generator) -> int:
+    """One caption for a view: its own description with probability desc_prob (when it has one), else a
+    class caption; falls back to whichever exists."""
+    descs, temps = views.descriptions[n][v], views.templates[n][v]
+    r = float(torch.rand((), generator=gen))
+    pool = descs if descs and (r < desc_prob or not temps) else temps
+    return pool[int(torch.randint(len(pool), (), generator=gen))]
+
+
+def _round(v):
+    return round(v, 4) if isinstance(v, float) else v
+
+
+# --------------------------------------------------------------------------------------------- bookkeeping
+def spec_of(cfg: TrainConfig) -> NanoCLIPSpec:
+    return NanoCLIPSpec(config=cfg.config, image_backbone=cfg.image_backbone, text_backbone=cfg.text_backbone,
+                        pool=cfg.pool, image_trainable_stages=cfg.image_trainable_stages,
+                        text_trainable_layers=cfg.text_trainable_layers, embed_dim=cfg.embed_dim,
+                        image_size=cfg.image_size)
+
+
+def run_key(cfg: TrainConfig, data_hash: str, folds: int) -> str:
+    """What a resumed run must share with the interrupted one: every weight-changing setting and the data."""
+    basis = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_KEY}
+    basis.update(data_hash=data_hash, folds=folds)
+    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_fold(ens: FoldEnsemble, out: Path, f: int) -> None:
+    """Put a finished fold's weights (as `write_fold` stored them) back into the ensemble."""
+    state = load_file(str(out / fold_file(f)))
+    ens.image_tops[f].load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("image.")})
+    ens.text_tops[f].load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("text.")})
+    with torch.no_grad():
+        ens.logit_scale[f] = state["logit_scale"][0]
+
+
+class FirstFolds:
+    """The first d folds of an ensemble, as `save_bundle` sees it: a usable partial bundle while training runs."""
+
+    def __init__(self, ens: FoldEnsemble, d: int):
+        self._ens, self.folds = ens, d
+
+    def __getattr__(self, name):
+        return getattr(self._ens, name)
+
+    @property
+    def dim(self) -> int:
+        return self._ens.spec.embed_dim * self.folds
+
+
+def summarize_folds(per_fold: list[dict]) -> dict:
+    keys = [k for k in ("R@1", "R@5", "R@10", "MRR", "nDCG@10", "acc") if all(k in m for m in per_fold)]
+    mean = {k: round(sum(m[k] for m in per_fold) / len(per_fold), 4) for k in keys} if per_fold else {}
+    return {"per_fold": per_fold, "mean": mean,
+            "validation": "text->image on each fold's held-out images; queries are their captions, relevant "
+                          "images are the held-out ones sharing the caption; acc = classifier head, plain view"}
+
+
+def metrics_table(metrics: dict, title: str = "validation per fold") -> Table:
+    table = Table(title=title)
+    cols = ["fold", "best_epoch", "n_train", "n_val", "R@1", "R@5", "R@10", "MRR", "acc"]
+    for c in cols:
+        table.add_column(c, justify="right")
+    for m in metrics.get("per_fold", []):
+        table.add_row(*[_fmt(m.get(c)) for c in cols])
+    if metrics.get("mean"):
+        table.add_row("mean", "", "", "", *[_fmt(metrics["mean"].get(c)) for c in cols[4:]], style="bold")
+    return table
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _progress(cfg: TrainConfig, console: Console):
+    if not cfg.progress:
+        return nullcontext(None)
+    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+
+
+# --------------------------------------------------------------------------------------------------- main
+def main(cfg: TrainConfig, *, console: Console | None = None) -> dict:
+    """Train and write the bundle; returns the manifest. Safe to interrupt: rerun to resume."""
+    console = console or Console(stderr=True)
+    t0 = time.time()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out).expanduser()
+
+    # data
+    data = load_dataset(cfg.data, templates=cfg.templates)
+    counts = ", ".join(f"{c} {n}" for c, n in data.class_counts().items() if n)
+    console.print(f"data: {len(data.items)} images ({data.layout}: {counts}); {len(data.skipped)} skipped")
+
+    # folds
+    k, why = clamp_folds(data.items, cfg.folds)
+    if why:
+        console.print(f"[yellow]note:[/] {why}")
+    if k > 1:
+        fold_ids = assign_folds(data.items, k, cfg.seed)
+        splits = [split(fold_ids, f) for f in range(k)]
+    else:
+        splits = [holdout(data.items, cfg.val_fraction, cfg.seed)]
+        fold_ids = [0 if i in set(splits[0][1]) else -1 for i in range(len(data.items))]
+    flip = cfg.flip and cfg.pool != "avg"
+    if cfg.flip and not flip:
+        console.print("note: no mirrored views with pool='avg' (average pooling cannot tell the sides apart)")
+
+    # resume
+    key = run_key(cfg, data.data_hash, k)
+    done = resume_state(out, key)
+    if done is None:  # already complete
+        console.print(f"{out} already holds this run's finished bundle; nothing to do")
+        return read_manifest(out)
+
+    # model
+    ens = FoldEnsemble(spec_of(cfg), k, seed=cfg.seed, classes=data.classes)
+    untrained_shared = ens.shared_hash()
+    for f in sorted(done):
+        load_fold(ens, out, f)
+    if done:
+        console.print(f"resuming: folds {', '.join(str(f) for f in sorted(done))} already trained in {out}")
+
+    # caches (once for all folds and epochs)
+    extra = train_extra(cfg, data, key, k, fold_ids, flip)
+    with _progress(cfg, console) as bars:
+        t_cache = time.time()
+        texts = build_text_cache(ens, view_texts(data.items, flip))
+        task = bars.add_task("caching trunk features", total=len(data.items)) if bars else None
+        views = build_view_cache(ens, data.items, data.classes, texts, n_views=cfg.views, seed=cfg.seed, flip=flip,
+                                 advance=(lambda a: bars.advance(task, a)) if bars else None)
+        console.print(f"cached {len(data.items)} x {cfg.views} views and {len(texts.texts)} captions "
+                      f"in {time.time() - t_cache:.1f}s")
+
+        # folds, one after the other; each is written as soon as it is done
+        for f in range(k):
+            if f in done:
+                continue
+            train, val = splits[f]
+            steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
+            task = bars.add_task(f"fold {f + 1}/{k}", total=steps) if bars else None
+            t_fold = time.time()
+
+            def on_step(epoch, step, loss, task=task, f=f):
+                if bars:
+                    bars.update(task, completed=step, description=f"fold {f + 1}/{k} epoch {epoch}/{cfg.epochs} "
+                                                                  f"loss {loss:.3f}")
+
+            def on_epoch(epoch, loss, m, f=f):
+                if not bars and (epoch == cfg.epochs or epoch % 10 == 0):
+                    shown = " ".join(f"{k_} {m[k_]:.3f}" for k_ in ("R@1", "MRR", "acc") if k_ in m)
+                    console.print(f"fold {f + 1}/{k} epoch {epoch}/{cfg.epochs} loss {loss:.3f} {shown}")
+
+            result = fit_fold(ens, f, train, val, views, texts, cfg, on_step=on_step, on_epoch=on_epoch)
+            result["seconds"] = round(time.time() - t_fold, 1)
+            write_fold(ens, out, f)
+            done[f] = result
+            write_progress(out, key, k, done)
+            if len(done) < k and sorted(done) == list(range(len(done))):
+                save_bundle(FirstFolds(ens, len(done)), out, trained=True, metrics=summarize_folds(sorted_results(done)),
+                            data_hash=data.data_hash, extra={**extra, "partial": True, "folds_planned": k},
+                            folds_written=list(done))
+            if bars:
+                bars.update(task, description=f"fold {f + 1}/{k} done (best epoch {result['best_epoch']})")
+
+    # the shared trunk must be exactly the pretrained one: that is what lets one index serve all folds
+    if ens.shared_hash() != untrained_shared:
+        raise TrainError("the frozen shared trunk changed during training (a bug): refusing to write the bundle")
+    metrics = summarize_folds(sorted_results(done)) if any(splits[f][1] for f in range(k)) else {}
+    extra["seconds"] = round(time.time() - t0, 1)
+    manifest = save_bundle(ens, out, trained=True, metrics=metrics, data_hash=data.data_hash,
+                           extra={**extra, "partial": False}, folds_written=list(range(k)))
+    (out / PROGRESS).unlink(missing_ok=True)
+    if metrics:
+        console.print(metrics_table(metrics))
+    else:
+        console.print("no held-out images (K=1, val_fraction=0): the last epoch was kept, nothing was validated")
+    console.print(f"bundle written to {out} ({k} folds, fingerprint {manifest['fingerprint']}) "
+                  f"in {time.time() - t0:.0f}s")
+    return manifest
+
+
+def sorted_results(done: dict[int, dict]) -> list[dict]:
+    return [done[f] for f in sorted(done) if done[f] is not None]
+
+
+def train_extra(cfg: TrainConfig, data: Dataset, key: str, k: int, fold_ids: list[int], flip: bool) -> dict:
+    """What the manifest records about the run: the whole config (as nanoGPT's checkpoint does) and which
+    images each fold held out, so later evaluations can avoid scoring a fold on its own training images."""
+    return {"train": {"config": asdict(cfg), "run_key": key, "folds_requested": cfg.folds, "layout": data.layout,
+                      "n_images": len(data.items), "class_counts": data.class_counts(), "flip": flip,
+                      "augment": asdict(AugmentConfig()),
+                      "val_fold": {it.name: fid for it, fid in zip(data.items, fold_ids)}}}
+
+
+def resume_state(out: Path, key: str) -> dict[int, dict] | None:
+    """Finished folds of this run in `out` ({} for a fresh start); None when the run is already complete."""
+    progress = out / PROGRESS
+    if progress.is_file():
+        state = json.loads(progress.read_text())
+        if state.get("run_key") != key:
+            raise TrainError(f"{out} holds an unfinished training run with other settings or data; "
+                             "rerun with the same settings to resume, or choose another --out")
+        return {int(f): m for f, m in state.get("done", {}).items() if (out / fold_file(int(f))).is_file()}
+    if (out / MANIFEST).is_file():
+        manifest = json.loads((out / MANIFEST).read_text())
+        train = manifest.get("train") or {}
+        if train.get("run_key") == key and not manifest.get("partial"):
+            return None
+        raise TrainError(f"{out} already holds a bundle; choose another --out or delete it first")
+    return {}
+
+
+def write_progress(out: Path, key: str, k: int, done: dict[int, dict]) -> None:
+    tmp = out / (PROGRESS + ".tmp")
+    tmp.write_text(json.dumps({"run_key": key, "folds": k, "done": {str(f): m for f, m in done.items()}}, indent=1))
+    tmp.replace(out / PROGRESS)
+
+
+# --------------------------------------------------------------------------------------------------- entry
+def make_config(base: TrainConfig | None = None, preset: str | None = None, **overrides) -> TrainConfig:
+    """Defaults, then a preset name or JSON file, then keyword overrides; unknown keys are an error."""
+    cfg = base or TrainConfig()
+    layers: list[dict] = []
+    if preset:
+        if preset in PRESETS:
+            layers.append(PRESETS[preset])
+        elif Path(preset).is_file():
+            layers.append(json.loads(Path(preset).read_text()))
+        else:
+            raise TrainError(f"--config {preset!r} is neither a preset ({', '.join(PRESETS)}) nor a JSON file")
+    layers.append(overrides)
+    names = {f.name for f in fields(TrainConfig)}
+    for layer in layers:
+        unknown = sorted(set(layer) - names)
+        if unknown:
+            raise TrainError(f"unknown training setting(s): {', '.join(unknown)}")
+        cfg = replace(cfg, **{k: _coerce(k, v, getattr(cfg, k)) for k, v in layer.items()})
+    return cfg
+
+
+def _coerce(key: str, value, default):
+    """Check a value against the default's type, as nanoGPT's configurator does (strings are parsed)."""
+    kind = type(default)
+    if isinstance(value, str) and kind is not str:
+        if kind is bool:
+            low = value.lower()
+            if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise TrainError(f"--{key} wants true or false, not {value!r}")
+            return low in ("1", "true", "yes", "on")
+        try:
+            return kind(value)
+        except ValueError:
+            raise TrainError(f"--{key} wants a {kind.__name__}, not {value!r}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TrainError(f"--{key} wants a {kind.__name__}, not {value!r}")
+    return value
+
+
+def train_from_path(data, out, folds: int = 10, epochs: int | None = None, seed: int = 0, *,
+                    console: Console | None = None, **overrides) -> dict:
+    """The entry `kger train` calls; returns the manifest."""
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    cfg = make_config(data=str(data), out=str(out), folds=folds, seed=seed, **overrides)
+    return main(cfg, console=console)
+
+
+def parse_args(argv: Sequence[str]) -> TrainConfig:
+    """`DATA --out DIR [--config NAME|FILE] [--key=value | --key value]...`"""
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        raise SystemExit(0 if argv else 2)
+    positional, pairs = [], {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise TrainError(f"--{name} needs a value")
+                value, i = argv[i + 1], i + 1
+            pairs[name.replace("-", "_")] = value
+        else:
+            positional.append(arg)
+        i += 1
+    if len(positional) != 1:
+        raise TrainError("give exactly one DATA path (an ENTRep folder, a folder per class, or a CSV)")
+    preset = pairs.pop("config", None)
+    return make_config(preset=preset, data=positional[0], **pairs)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        manifest = main(parse_args(sys.argv[1:]))
+    except (TrainError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1)
+    except KeyboardInterrupt:
+        print("interrupted: finished folds are saved; rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(130)
