@@ -133,6 +133,7 @@ def index_images(
                 ]
                 gallery.upsert(ok_ids, vecs, metas)
                 report.indexed += len(ok_ids)
+                log.info("stored batch of %d (%d new so far)", len(ok_ids), report.indexed)
             done += len(chunk)
             if on_progress:
                 on_progress(done, len(todo))

@@ -6,9 +6,10 @@ Loading policy (one place, so every consumer sees the same pixels):
 - Only PNG, JPEG, BMP, TIFF and WebP are decoded; anything else is an ``ImageLoadError``.
 - Truncated PNG/JPEG files fail even where someone set ``ImageFile.LOAD_TRUNCATED_IMAGES``: the file's
   structure is checked here, not left to that global.
-- Size guard: images above ``MAX_PIXELS`` (64 Mpx, below PIL's own bomb warning) are refused before decoding
-  (PIL's ``DecompressionBombError`` is refused the same way); images with a side above ``LOAD_MAX_SIDE`` are
-  decoded at reduced size (JPEG ``draft``, otherwise ``reduce``), since every consumer downsamples anyway.
+- Decompression bombs are refused, not downscaled: an image over ``MAX_PIXELS`` (67 Mpx, below PIL's own
+  ``DecompressionBombWarning`` threshold, or that threshold where someone lowered it) is an ``ImageLoadError``
+  before any pixel is decoded, and so is PIL's ``DecompressionBombError``. Accepted images with a side over
+  ``LOAD_MAX_SIDE`` are decoded at reduced size (JPEG ``draft``, otherwise ``reduce``): consumers downsample.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 if TYPE_CHECKING:
     import torch
@@ -76,7 +77,7 @@ def load_image(path) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data), formats=DECODE_FORMATS)
     except Image.DecompressionBombError as e:
-        raise ImageLoadError(f"image too large: {e} (decompression-bomb guard)", path) from e
+        raise ImageLoadError(f"image too large, refused as a possible decompression bomb ({e})", path) from e
     except Exception as e:  # noqa: BLE001 - plugins raise many types on hostile headers
         raise ImageLoadError(_unopenable_reason(data), path) from e
 
@@ -84,10 +85,11 @@ def load_image(path) -> Image.Image:
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ImageLoadError(f"zero-size image ({w}x{h})", path)
-    if w * h > MAX_PIXELS:
+    cap = min(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_PIXELS)
+    if w * h > cap:
         raise ImageLoadError(
-            f"image too large: {w}x{h} = {w * h:,} pixels exceeds the {MAX_PIXELS:,}-pixel cap "
-            "(decompression-bomb guard)", path)
+            f"image too large: {w}x{h} = {w * h:,} pixels is over the {cap:,}-pixel cap "
+            "(refused as a possible decompression bomb)", path)
     if fmt == "JPEG" and max(w, h) > LOAD_MAX_SIDE:
         # DCT-domain downscale by 2/4/8 while decoding; draft keeps at least the size asked for, so ask
         # for half the cap to land in [cap/2, cap].
@@ -357,7 +359,9 @@ def prepare(img: Image.Image, size: int = 224, mean=(0.5, 0.5, 0.5), std=(0.5, 0
     return ((x - m) / s).contiguous()
 
 
-def load_for_model(path, size: int = 224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop: bool = True) -> torch.Tensor:
+def load_for_model(
+    path, size: int = 224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop: bool = True
+) -> torch.Tensor:
     """The one path from a file to a model input: load, circle-crop, resize, normalise."""
     img = load_image(path)
     return prepare(circle_crop(img) if crop else img, size=size, mean=mean, std=std)

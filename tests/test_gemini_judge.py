@@ -350,3 +350,9 @@ def test_stored_prompts_load_by_name():
         rerank.format(description="x", descripton="typo")
     with pytest.raises(FileNotFoundError):
         load_prompt("no-such-prompt")
+
+
+def test_default_fallback_is_the_offline_judge(image):
+    candidate = Candidate(id="a", path=str(image), rank=1, score=0.8, label="ear-right")
+    [v] = GeminiJudge(GeminiSettings()).judge("right ear, perforated drum", [candidate])
+    assert (v.judge, v.model, v.fallback) == ("offline", "offline-lexicon", "no GOOGLE_API_KEY")

@@ -35,7 +35,8 @@ def noisy_rgb(w: int, h: int) -> Image.Image:
 def smooth_rgb(w: int, h: int) -> Image.Image:
     """Gradients: JPEG keeps them within a few levels, so decoded pixels can be compared."""
     yy, xx = np.mgrid[0:h, 0:w]
-    return Image.fromarray(np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) * 127 // (w + h)], -1).astype(np.uint8))
+    planes = [xx * 255 // w, yy * 255 // h, (xx + yy) * 127 // (w + h)]
+    return Image.fromarray(np.stack(planes, -1).astype(np.uint8))
 
 
 def png_with_header_size(path, w: int, h: int):
@@ -152,6 +153,14 @@ def test_bad_files_raise_one_line_reason(tmp_path, name, make, reason):
     assert isinstance(err.value, ValueError)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_a_lowered_pil_bomb_limit_is_honoured(tmp_path, monkeypatch):
+    Image.new("RGB", (40, 40)).save(tmp_path / "x.png")  # 1,600 px: over 1,000, under PIL's own 2x error
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageLoadError, match="too large: 40x40"):
+        load_image(tmp_path / "x.png")
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_truncated_fails_even_if_pil_is_told_to_accept_truncation(tmp_path, monkeypatch, fmt):
     path = _truncated(fmt)(tmp_path / f"cut.{fmt.lower()}")
@@ -257,7 +266,8 @@ def test_large_images_are_reduced_on_load(tmp_path, fmt, size, expected):
     w, h = size
     ramp = np.broadcast_to(np.linspace(0, 255, w, dtype=np.float32).astype(np.uint8), (h, w))
     path = tmp_path / f"big.{fmt.lower()}"
-    Image.fromarray(np.ascontiguousarray(ramp), "L").save(path, fmt, **({"compress_level": 1} if fmt == "PNG" else {}))
+    opts = {"compress_level": 1} if fmt == "PNG" else {}
+    Image.fromarray(np.ascontiguousarray(ramp), "L").save(path, fmt, **opts)
     img = load_image(path)
     assert img.size == expected and img.mode == "RGB"
     row = np.asarray(img)[expected[1] // 2, :, 0].astype(int)

@@ -195,17 +195,19 @@ WRITER = textwrap.dedent(
     from store.gallery import Gallery
     home, part = sys.argv[1], int(sys.argv[2])
     rng = np.random.default_rng(part)
-    with Gallery.open("shared", home=home, create=True) as g:
-        for b in range(6):
+    with Gallery.open("shared", home=home, create=True, lock_timeout=120) as g:
+        for b in range(15):
             x = rng.normal(size=(100, 64)).astype(np.float32)
-            ids = [f"p{part}-{b}-{i}" for i in range(100)]
-            g.upsert(ids, x, [{"part": part}] * 100)
+            g.upsert([f"p{part}-{b}-{i}" for i in range(100)], x, [{"part": part}] * 100)
+            if b % 5 == 0:
+                g.query(x[0], k=5)
     """
 )
 
 
-def test_two_processes_index_one_store(kger_home):
-    """Two `kger index` runs at once on one embedded store: writes are serialised, nothing is lost."""
+def test_processes_indexing_one_store_at_once_leave_it_whole(kger_home):
+    """Unlocked, chromadb 1.5.9 loses or corrupts records when processes write one path at once
+    ("Error finding id", a segfault on the next open); the store lock serialises them."""
     with Gallery.open("shared", create=True) as g:
         g.bind_bundle("fp", "/b", 64)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -215,12 +217,55 @@ def test_two_processes_index_one_store(kger_home):
         for p in (1, 2)
     ]
     for p in procs:
-        _, err = p.communicate(timeout=120)
+        _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
     with Gallery.open("shared") as g:
-        assert g.count() == 1200
-        assert len(g.query(unit_vectors(1, 64)[0], k=1200)) == 1200
+        assert g.count() == 3000
         assert {m["part"] for _, m in g.all_metadata()} == {1, 2}
+        probes = g.get([f"p{p}-{b}-{i}" for p in (1, 2) for b in (0, 7, 14) for i in (0, 99)])
+        assert len(probes) == 12
+        assert [g.query(h.embedding, k=1)[0].id for h in probes] == [h.id for h in probes]
+
+
+OPENER = textwrap.dedent(
+    """
+    import sys
+    from store.gallery import Gallery, StoreError
+    for mode in sys.argv[2:]:
+        try:
+            Gallery.open("locked", home=sys.argv[1], write=(mode == "write"), lock_timeout=0.3).close()
+            print(mode, "opened")
+        except StoreError as e:
+            print(mode, e)
+    """
+)
+
+
+def other_process(home: Path, *modes: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", OPENER, str(home), *modes], cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()
+
+
+def test_store_lock_many_readers_or_one_writer(kger_home):
+    writer = Gallery.open("locked", create=True)
+    [read] = other_process(kger_home, "read")
+    assert read.startswith("read Store 'locked' is being indexed by another process")
+    with Gallery.open("locked") as same_process_reader:  # one process shares its own hold
+        assert same_process_reader.count() == 0
+        with pytest.raises(RuntimeError, match="read-only"):
+            same_process_reader.upsert(["a"], unit_vectors(1, 4), [{}])
+    writer.close()
+
+    with Gallery.open("locked"):
+        read, write = other_process(kger_home, "read", "write")
+        assert read == "read opened"  # readers share
+        assert write.startswith("write Store 'locked' is in use by another process")
+        with pytest.raises(RuntimeError, match="open read-only"):
+            Gallery.open("locked", write=True)
+    # every hold was released: a writer gets in at once
+    Gallery.open("locked", write=True, lock_timeout=0.3).close()
 
 
 # -- a real Chroma server ---------------------------------------------------------------------------

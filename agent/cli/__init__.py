@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from agent.cli import bundle, gallery
+from agent.cli import ask, bundle, gallery, train
 from agent.cli.common import KgerGroup
 
 app = typer.Typer(
@@ -18,6 +18,8 @@ app = typer.Typer(
 app.add_typer(bundle.app, name="bundle")
 app.command("index")(gallery.index)
 app.command("search")(gallery.search)
+app.command("ask")(ask.ask)
+app.command("train")(train.train)
 
 
 def main() -> None:

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 out_console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -28,12 +28,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 KOpt = Annotated[int, typer.Option("--k", "-k", min=1, max=1000, help="How many images to return.")]
 
 
-class UserError(click.ClickException):
-    """A mistake the user can fix: one line on stderr, exit code 1, no traceback."""
-
-    exit_code = 1
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean 'bad input or state', imported lazily so --help stays fast."""
     from retrieval.bundle import BundleError
@@ -49,21 +43,24 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 class KgerGroup(TyperGroup):
     """Applies the exception-to-message table once, for every command (and for CliRunner in tests)."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
+        """A user error is one line on stderr and exit code 1, never a traceback (KGER_DEBUG=1 shows it)."""
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except (TyperException, typer.Exit, typer.Abort):  # usage errors (exit 2) and deliberate exits
             raise
         except KeyboardInterrupt:
             err_console.print("Interrupted.")
-            raise click.exceptions.Exit(130)
+            raise typer.Exit(130) from None
         except Exception as e:
-            if os.environ.get("KGER_DEBUG"):
+            if os.environ.get("KGER_DEBUG") or not isinstance(e, _user_errors()):
                 raise
-            if isinstance(e, _user_errors()):
-                msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-                raise UserError(str(msg).splitlines()[0] if str(msg) else type(e).__name__) from None
-            raise
+            msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+            msg = msg.splitlines()[0] if msg else type(e).__name__
+            if getattr(e, "path", None) and str(e.path) not in msg:  # ImageLoadError keeps the path apart
+                msg = f"{e.path}: {msg}"
+            err_console.print(f"Error: {msg}", markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
 
 def set_home(home: Optional[Path]) -> Path:

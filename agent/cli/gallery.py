@@ -28,6 +28,7 @@ def index(
         "--labels", help="cls.json (image -> class) or CSV (image,label). Default: a cls.json beside the images.")] = None,
     store: StoreOpt = "default",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=512, help="Images encoded per batch.")] = 16,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each stored batch to stderr.")] = False,
     chroma_url: ChromaUrlOpt = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
@@ -37,6 +38,10 @@ def index(
     Broken files are reported and skipped; a rerun after a crash encodes only what is missing.
     """
     set_home(home)
+    if verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     from retrieval.bundle import load_bundle
     from retrieval.indexer import index_images
     from retrieval.labels import read_labels

@@ -1,0 +1,201 @@
+"""Trace records: one row per run (a question, a chat turn, a batch, an eval) and its ordered events.
+
+A run is started before the graph runs and each event is committed as it happens, so a crash keeps
+everything up to the crash (status stays 'running'). Events store what each step saw and returned,
+including what the LLM said, so showing a trace never calls a model. Every value is passed through
+``store.redact.record`` first: JSON-able, no API key.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from store.db import connect, to_utc_text, utcnow
+from store.migrations import migrate
+from store.paths import traces_db_path
+from store.redact import record, scrub_text
+
+KINDS = ("ask", "chat", "batch", "eval")
+FINAL_STATUSES = ("ok", "error")
+_JSON_COLUMNS = ("models", "answer", "timings")
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+class UnknownRunError(KeyError):
+    """No run has this id (or id prefix)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown run"
+
+
+class AmbiguousRunError(UnknownRunError):
+    """Several runs start with this prefix."""
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(record(value), ensure_ascii=False, allow_nan=False)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else scrub_text(str(value))
+
+
+def _row(row: sqlite3.Row) -> dict:
+    out = dict(row)
+    for column in _JSON_COLUMNS:
+        if out.get(column) is not None:
+            out[column] = json.loads(out[column])
+    return out
+
+
+class TraceDB:
+    """traces.db (``HOME/traces.db`` by default). One connection, guarded by a lock: safe to share
+    between the threads of one process; other processes wait on SQLite's 30 s busy timeout."""
+
+    def __init__(self, path: Path | str | None = None):
+        self.path = traces_db_path() if path is None else path
+        self._lock = threading.RLock()
+        self._db = connect(self.path)
+        self._db.create_function("kger_casefold", 1, lambda s: None if s is None else s.casefold(), deterministic=True)
+        migrate(self._db)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "TraceDB":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self, sql: str, params: tuple) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, params)
+
+    # -- writing -------------------------------------------------------------------------------
+    def start_run(
+        self,
+        *,
+        input: str,
+        kind: str,
+        llm: str | None,
+        store: str | None,
+        bundle: str | None,
+        models: Any,
+        thread_id: str | None = None,
+    ) -> str:
+        """Record a run as 'running' and return its id (uuid4 hex: any short prefix is likely unique)."""
+        if kind not in KINDS:
+            raise ValueError(f"run kind must be one of {KINDS}, not {kind!r}")
+        run_id = uuid.uuid4().hex
+        self._write(
+            "insert into runs (id, created, thread_id, kind, input, llm, store, bundle, models, status)"
+            " values (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+            (run_id, utcnow(), _text(thread_id), kind, _text(input), _text(llm), _text(store), _text(bundle),
+             _dump(models)),
+        )
+        return run_id
+
+    def add_event(self, run_id: str, node: str, kind: str, payload: dict) -> int:
+        """Append one event (committed at once) and return its sequence number within the run."""
+        with self._lock:
+            self._db.execute("begin immediate")
+            try:
+                if not self._db.execute("select 1 from runs where id = ?", (run_id,)).fetchone():
+                    raise UnknownRunError(f"No run {run_id!r} in {self.path}")
+                seq = self._db.execute(
+                    "select coalesce(max(seq), -1) + 1 from events where run_id = ?", (run_id,)
+                ).fetchone()[0]
+                self._db.execute(
+                    "insert into events (run_id, seq, node, kind, payload, created) values (?, ?, ?, ?, ?, ?)",
+                    (run_id, seq, _text(node), _text(kind), _dump(payload), utcnow()),
+                )
+                self._db.execute("commit")
+            except BaseException:
+                self._db.execute("rollback")
+                raise
+        return seq
+
+    def finish_run(
+        self, run_id: str, *, answer: dict | None, timings: dict, status: str = "ok", error: str | None = None
+    ) -> None:
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"a finished run's status is one of {FINAL_STATUSES}, not {status!r}")
+        cursor = self._write(
+            "update runs set status = ?, answer = ?, timings = ?, error = ?, finished = ? where id = ?",
+            (status, _dump(answer), _dump(timings), _text(error), utcnow(), run_id),
+        )
+        if cursor.rowcount == 0:
+            raise UnknownRunError(f"No run {run_id!r} in {self.path}")
+
+    # -- reading -------------------------------------------------------------------------------
+    def list_runs(
+        self,
+        limit: int | None = 3,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        text: str | None = None,
+    ) -> list[dict]:
+        """Newest first (``limit`` 0 or None: all). ``text`` matches the input, ignoring case;
+        ``since``/``until`` bound the start time (naive datetimes are local time)."""
+        where, params = [], []
+        if since is not None:
+            where.append("created >= ?")
+            params.append(to_utc_text(since))
+        if until is not None:
+            where.append("created <= ?")
+            params.append(to_utc_text(until))
+        if text:
+            where.append("instr(kger_casefold(input), ?) > 0")
+            params.append(text.casefold())
+        sql = (
+            "select runs.*, (select count(*) from events where events.run_id = runs.id) as event_count from runs"
+            + (" where " + " and ".join(where) if where else "")
+            + " order by created desc, rowid desc"
+        )
+        if limit:
+            sql += " limit ?"
+            params.append(int(limit))
+        with self._lock:
+            return [_row(r) for r in self._db.execute(sql, params)]
+
+    def resolve(self, run_id: str) -> str:
+        """The full id for an id or a unique prefix of one."""
+        run_id = run_id.strip().lower()
+        with self._lock:
+            if self._db.execute("select 1 from runs where id = ?", (run_id,)).fetchone():
+                return run_id
+            matches = (
+                [r[0] for r in self._db.execute(
+                    "select id from runs where substr(id, 1, ?) = ? order by created desc limit 6",
+                    (len(run_id), run_id),
+                )]
+                if run_id and _HEX.match(run_id)
+                else []
+            )
+        if not matches:
+            raise UnknownRunError(f"No run {run_id!r} in {self.path}: list recent runs with `kger trace list`")
+        if len(matches) > 1:
+            shown = ", ".join(m[: len(run_id) + 4] for m in matches[:5])
+            raise AmbiguousRunError(f"Run id prefix {run_id!r} matches several runs ({shown}, ...): give more of it")
+        return matches[0]
+
+    def get_run(self, run_id: str) -> dict:
+        """A run with its events (payloads parsed), by id or unique id prefix."""
+        full = self.resolve(run_id)
+        with self._lock:
+            run = _row(self._db.execute("select * from runs where id = ?", (full,)).fetchone())
+            run["events"] = [
+                {**dict(e), "payload": None if e["payload"] is None else json.loads(e["payload"])}
+                for e in self._db.execute(
+                    "select seq, node, kind, payload, created from events where run_id = ? order by seq", (full,)
+                )
+            ]
+        return run
