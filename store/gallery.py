@@ -9,7 +9,6 @@ lives in the collection metadata.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import re
 from dataclasses import dataclass
@@ -21,8 +20,6 @@ import numpy as np
 
 from store.locks import LockTimeout, StoreLock
 from store.paths import stores_dir
-
-log = logging.getLogger(__name__)
 
 # Chroma's defaults (ef 100, M 16) gave recall@10 = 0.81 against exact search on 3,000 random 640-d
 # vectors; these gave 1.00 at about 1 ms a query. Galleries are small, so exactness wins.
@@ -217,7 +214,7 @@ class Gallery:
     def __repr__(self) -> str:
         return f"Gallery({self.name!r}, {'url=' + repr(self.url) if self.url else 'root=' + repr(str(self.root))})"
 
-    # -- errors and locks ----------------------------------------------------------------------
+    # -- errors --------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _chroma_errors(self) -> Iterator[None]:
         """Turn Chroma's internal failures (a damaged HNSW index, a lost server) into one-line advice."""
@@ -226,10 +223,11 @@ class Gallery:
         try:
             yield
         except InternalError as e:
+            index = _INDEX_HINT.format(name=self.name)
             if self.url:
-                hint = f"check the server's log, or re-index: `{_INDEX_HINT.format(name=self.name)}`"
+                hint = f"check the server's log, or re-index: `{index}`"
             else:
-                hint = f"its vector index may be damaged: remove {self.root} and run `{_INDEX_HINT.format(name=self.name)}`"
+                hint = f"its vector index may be damaged: remove {self.root} and run `{index}`"
             raise StoreError(f"Store '{self.name}' could not be read ({e}); {hint}") from e
         except Exception as e:
             import httpx  # a chromadb dependency; its transport errors mean the server went away
@@ -424,11 +422,8 @@ class Gallery:
         self, *, ids: list[str] | None = None, where: dict | None = None, include_embeddings: bool
     ) -> dict[str, Hit]:
         include = ["metadatas"] + (["embeddings"] if include_embeddings else [])
-        chunks = (
-            [ids[s : s + self._batch_size()] for s in range(0, len(ids), self._batch_size())]
-            if ids is not None
-            else [None]
-        )
+        step = self._batch_size()
+        chunks = [ids[s : s + step] for s in range(0, len(ids), step)] if ids is not None else [None]
         found: dict[str, Hit] = {}
         for chunk in chunks:
             with self._chroma_errors():

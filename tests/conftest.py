@@ -37,3 +37,22 @@ def entrep_train() -> Path:
 @pytest.fixture(scope="session")
 def entrep_labels(entrep_train) -> dict[str, str]:
     return json.loads((entrep_train / "cls.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def real_store(entrep_train, tmp_path_factory):
+    """A 2-fold untrained bundle and the 70 real images indexed into store 'default' of a shared home.
+
+    Returns (home, bundle). Tests that use it point KGER_HOME at `home` themselves (monkeypatch)."""
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    root = tmp_path_factory.mktemp("real-store")
+    home, bundle = root / "home", root / "bundle"
+    runner = CliRunner()
+    r = runner.invoke(app, ["bundle", "init", "--out", str(bundle), "--folds", "2", "--seed", "3"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["index", str(entrep_train / "imgs"), "--bundle", str(bundle), "--home", str(home)])
+    assert r.exit_code == 0, r.output
+    return home, bundle

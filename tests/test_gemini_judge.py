@@ -255,7 +255,21 @@ def test_repeated_question_is_answered_from_the_persistent_cache(gemini_env, ima
         gemini_env(stub).judge("right ear perforation", candidates_for([other]))  # another image: a new call
     assert len(stub.requests) == 3
     assert first[0].cached is False and again[0].cached is True
+    assert again[0].judge == "gemini" and again[0].fallback is None
     assert again[0].model_dump(exclude={"cached", "latency_ms"}) == first[0].model_dump(exclude={"cached", "latency_ms"})
+
+
+def test_cached_answers_need_no_key(gemini_env, image, monkeypatch):
+    with GeminiStub([text_reply(GOOD)]) as stub:
+        gemini_env(stub).judge("right ear perforation", candidates_for([image]))
+        monkeypatch.delenv("GOOGLE_API_KEY")
+        judge = GeminiJudge(gemini_settings_from_env(), fallback=offline_stand_in)
+        [v] = judge.judge("right ear perforation", candidates_for([image]))
+        [w] = judge.judge("left ear perforation", candidates_for([image]))
+        judge.close()
+    assert len(stub.requests) == 1
+    assert (v.judge, v.cached, v.score) == ("gemini", True, 0.82)
+    assert (w.judge, w.fallback) == ("offline", "no GOOGLE_API_KEY")
 
 
 def test_failures_are_not_cached(gemini_env, image):

@@ -159,7 +159,7 @@ READER = textwrap.dedent(
     probe = list(range(0, len(x), 97))
     with Gallery.open("big", home=home) as g:
         top1 = [g.query(x[i], k=1)[0].id for i in probe]
-        print(json.dumps({"count": g.count(), "bundle": g.bundle,
+        print(json.dumps({"count": g.count(), "bundle": g.bundle, "torch": "torch" in sys.modules,
                           "self_top1": sum(t == f"img{i:05d}" for t, i in zip(top1, probe)), "probes": len(probe)}))
     """
 )
@@ -186,44 +186,53 @@ def test_more_than_1000_vectors_survive_reopen_in_a_new_process(tmp_path, kger_h
     assert result["count"] == n
     assert result["bundle"] == {"fingerprint": "fp-big", "path": "/bundles/big", "dim": dim}
     assert result["self_top1"] == result["probes"] == len(range(0, n, 97))
+    assert result["torch"] is False  # store/ stays free of model code
 
 
 WRITER = textwrap.dedent(
     """
-    import sys
+    import sys, time
+    from pathlib import Path
+    import chromadb  # imported before the start signal so that the writers really overlap
     import numpy as np
     from store.gallery import Gallery
-    home, part = sys.argv[1], int(sys.argv[2])
+    home, part, go = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
     rng = np.random.default_rng(part)
+    while not go.exists():
+        time.sleep(0.01)
     with Gallery.open("shared", home=home, create=True, lock_timeout=120) as g:
-        for b in range(15):
+        for b in range(25):
             x = rng.normal(size=(100, 64)).astype(np.float32)
             g.upsert([f"p{part}-{b}-{i}" for i in range(100)], x, [{"part": part}] * 100)
             if b % 5 == 0:
                 g.query(x[0], k=5)
     """
 )
+WRITERS = 3
 
 
-def test_processes_indexing_one_store_at_once_leave_it_whole(kger_home):
+def test_processes_indexing_one_store_at_once_leave_it_whole(kger_home, tmp_path):
     """Unlocked, chromadb 1.5.9 loses or corrupts records when processes write one path at once
     ("Error finding id", a segfault on the next open); the store lock serialises them."""
     with Gallery.open("shared", create=True) as g:
         g.bind_bundle("fp", "/b", 64)
+    go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(kger_home), str(p)], cwd=ROOT, env=env,
+        subprocess.Popen([sys.executable, "-c", WRITER, str(kger_home), str(p), str(go)], cwd=ROOT, env=env,
                          stderr=subprocess.PIPE, text=True)
-        for p in (1, 2)
+        for p in range(WRITERS)
     ]
+    time.sleep(0.5)
+    go.touch()
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
     with Gallery.open("shared") as g:
-        assert g.count() == 3000
-        assert {m["part"] for _, m in g.all_metadata()} == {1, 2}
-        probes = g.get([f"p{p}-{b}-{i}" for p in (1, 2) for b in (0, 7, 14) for i in (0, 99)])
-        assert len(probes) == 12
+        assert g.count() == WRITERS * 25 * 100
+        assert {m["part"] for _, m in g.all_metadata()} == set(range(WRITERS))
+        probes = g.get([f"p{p}-{b}-{i}" for p in range(WRITERS) for b in (0, 7, 24) for i in (0, 99)])
+        assert len(probes) == WRITERS * 6
         assert [g.query(h.embedding, k=1)[0].id for h in probes] == [h.id for h in probes]
 
 

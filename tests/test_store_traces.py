@@ -1,7 +1,6 @@
 """traces.db: the schema, migrations, crash safety, listing, id prefixes and secret scrubbing."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -90,15 +89,19 @@ def test_default_path_is_under_kger_home(kger_home):
 def test_round_trip_with_events_and_answer():
     with TraceDB(":memory:") as traces:
         run_id = new_run(traces, thread_id="chat-1")
-        assert traces.add_event(run_id, "plan", "llm", {"tool_calls": [{"name": "retrieve", "args": {"q": "ear"}}]}) == 0
+        plan = {"tool_calls": [{"name": "retrieve", "args": {"q": "ear"}}]}
+        assert traces.add_event(run_id, "plan", "llm", plan) == 0
         assert traces.add_event(run_id, "retrieve", "tool", {"ids": ["a", "b"], "scores": np.array([0.9, 0.5])}) == 1
         assert traces.add_event(run_id, "judge", "llm", {"score": float("nan"), "why": "no side"}) == 2
         traces.finish_run(run_id, answer={"ranked": ["b", "a"]}, timings={"total_s": 1.5})
         run = traces.get_run(run_id)
     assert run["status"] == "ok" and run["kind"] == "ask" and run["thread_id"] == "chat-1"
-    assert run["models"] == {"folds": 5} and run["answer"] == {"ranked": ["b", "a"]} and run["timings"] == {"total_s": 1.5}
+    assert run["models"] == {"folds": 5} and run["answer"] == {"ranked": ["b", "a"]}
+    assert run["timings"] == {"total_s": 1.5}
     assert run["finished"] >= run["created"]
-    assert [(e["seq"], e["node"], e["kind"]) for e in run["events"]] == [(0, "plan", "llm"), (1, "retrieve", "tool"), (2, "judge", "llm")]
+    assert [(e["seq"], e["node"], e["kind"]) for e in run["events"]] == [
+        (0, "plan", "llm"), (1, "retrieve", "tool"), (2, "judge", "llm")
+    ]
     assert run["events"][1]["payload"] == {"ids": ["a", "b"], "scores": [0.9, 0.5]}
     assert run["events"][2]["payload"] == {"score": None, "why": "no side"}  # strict JSON: NaN stored as null
 
@@ -152,7 +155,11 @@ def test_concurrent_writers_get_distinct_sequence_numbers(tmp_path):
         for i in range(25):
             traces.add_event(run_id, who, "tool", {"i": i})
 
-    threads = [threading.Thread(target=write, args=(db, f"{n}-{i}")) for n, db in (("a", first), ("b", second)) for i in range(3)]
+    threads = [
+        threading.Thread(target=write, args=(db, f"{n}-{i}"))
+        for n, db in (("a", first), ("b", second))
+        for i in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -215,7 +222,8 @@ def test_secrets_never_reach_the_disk(tmp_path, monkeypatch):
             models={"gemini": {"api_key": KEY, "headers": [f"x-goog-api-key: {KEY}"]}, KEY: "as a dict key"},
         )
         traces.add_event(run_id, "judge", "llm", {
-            "url": "https://generativelanguage.googleapis.com/v1beta/models/m:generateContent?key=AIzaOTHER123456&alt=sse",
+            "url": "https://generativelanguage.googleapis.com/v1beta/models/m:generateContent"
+                   "?key=AIzaOTHER123456&alt=sse",
             "nested": [{"deep": (f"Bearer {KEY}",)}],
             "short": "abc",
         })

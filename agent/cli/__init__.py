@@ -4,6 +4,8 @@ from __future__ import annotations
 import typer
 
 from agent.cli import ask, bundle, gallery, train
+from agent.cli import batch
+from agent.cli import chat, trace
 from agent.cli.common import KgerGroup
 
 app = typer.Typer(
@@ -19,6 +21,10 @@ app.add_typer(bundle.app, name="bundle")
 app.command("index")(gallery.index)
 app.command("search")(gallery.search)
 app.command("ask")(ask.ask)
+app.command("chat")(chat.chat)
+app.add_typer(trace.app, name="trace")
+app.command("batch")(batch.batch)
+app.command("eval")(batch.evaluate)
 app.command("train")(train.train)
 
 

@@ -3,7 +3,8 @@
 Every answer is validated (Pydantic, score clamped to [0, 1]) before it counts. Anything else (no key,
 network error, 429 or 5xx after our retries, timeout, refusal, malformed or empty answer, unreadable image)
 gives the offline verdict for that candidate, with `fallback` saying why: `judge()` never raises. Good
-answers are cached by (model, prompt hash, image hash, query), so asking the same question again costs no call.
+answers are cached by (model, prompt hash, image hash, query), so asking the same question again costs no call
+(and is answered even without a key: the cache is read before the client is built).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ class AnswerError(ValueError):
 class GeminiAnswer(BaseModel):
     """The strict JSON the re-rank prompt asks for."""
 
-    score: float = Field(json_schema_extra={"minimum": 0.0, "maximum": 1.0})
+    score: float
     justification: str = Field(min_length=1)
     region_seen: Literal["ear", "nose", "throat", "larynx", "unclear"] = "unclear"
 
@@ -278,6 +279,12 @@ class GeminiJudge:
         return to_jpeg_bytes(load_image(candidate.path), max_side=IMAGE_MAX_SIDE, quality=JPEG_QUALITY)
 
     # ---------------------------------------------------------------------------------------- cache
+
+    def close(self) -> None:
+        """Close the cache this judge opened itself (one handed in belongs to the caller)."""
+        if self._cache is not None and self._cache_arg is True:
+            self._cache.close()
+        self._cache = None
 
     def _safe_cache(self) -> Optional["JudgeCache"]:
         try:

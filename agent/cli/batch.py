@@ -1,0 +1,410 @@
+"""`kger batch` (answer a file of queries, resumably) and `kger eval` (score every stage against ground truth)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from agent.cli.ask import LlmOpt, check_llm, open_assistant
+from agent.cli.common import (
+    ChromaUrlOpt, HomeOpt, JsonOpt, StoreOpt, err_console, out_console, print_json, progress, set_home,
+)
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock against two batch runs appending to one file
+    fcntl = None  # type: ignore[assignment]
+
+
+class BatchError(ValueError):
+    """A user-facing failure (the CLI prints its one line and exits 1)."""
+
+
+ConcurrencyOpt = Annotated[int, typer.Option(
+    "--concurrency", min=1, max=64, help="Judge calls in flight at once (Gemini; the offline judge ignores it).")]
+
+PoolOpt = Annotated[int, typer.Option("--pool", min=1, max=1000, help="Candidates retrieved and judged per query.")]
+
+
+def _assistant(store: str, chroma_url: Optional[str], llm: str, k: int, pool: int, concurrency: int):
+    kw = {}
+    if llm == "gemini":
+        from agent.assistant import make_planner_and_judge
+
+        kw["planner"], kw["judge"] = make_planner_and_judge("gemini", judge_concurrency=concurrency)
+    return open_assistant(store, chroma_url, llm, k, pool=pool, **kw)
+
+
+def _report_skipped(what: str, skipped, unit: str) -> None:
+    for s in skipped:
+        err_console.print(f"[yellow]{what} {unit} {s.line}[/yellow]: {s.reason}, skipped")
+
+
+# -- the results file --------------------------------------------------------------------------------------
+
+def repair_tail(path: Path) -> bool:
+    """Cut an incomplete last line (a crash mid-write) so the next append starts on a line of its own."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return False
+        f.seek(0)
+        data = f.read()
+        f.truncate(data.rfind(b"\n") + 1)
+    return True
+
+
+def read_results(path: Path) -> tuple[dict[str, dict], list[tuple[int, str]]]:
+    """query -> its latest line (a retry after an error replaces the error), and unreadable lines."""
+    latest: dict[str, dict] = {}
+    bad: list[tuple[int, str]] = []
+    if not path.is_file():
+        return latest, bad
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+            except json.JSONDecodeError as e:
+                bad.append((n, f"not valid JSON ({e.msg})"))
+                continue
+            if not isinstance(doc, dict) or not isinstance(doc.get("query"), str):
+                bad.append((n, "no 'query' field"))
+                continue
+            latest[doc["query"]] = doc
+    return latest, bad
+
+
+class ResultsWriter:
+    """Appends one JSON line per query, flushed and fsynced, so a crash loses at most the line being written."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(path, "a", encoding="utf-8")
+        if fcntl is not None:
+            try:
+                fcntl.flock(self.f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.f.close()
+                raise BatchError(f"another kger batch is writing {path}; wait for it or choose another --out") from None
+
+    def write(self, doc: dict) -> None:
+        from store.redact import record
+
+        self.f.write(json.dumps(record(doc), ensure_ascii=False) + "\n")
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def submission(lines: list[dict]) -> dict[str, str]:
+    """ENTRep Track 3: {query: top-1 image file name} for every query that has an answer."""
+    return {d["query"]: d["rows"][0]["name"] for d in lines if not d.get("error") and d.get("rows")}
+
+
+def report_runs(lines: list[dict]) -> list[dict]:
+    """Each line's full trace record (plan, candidates, verdicts, fusion) where the trace DB has it."""
+    from store.paths import traces_db_path
+    from store.traces import TraceDB, UnknownRunError
+
+    runs = []
+    path = traces_db_path()
+    db = TraceDB(path) if path.is_file() else None
+    try:
+        for d in lines:
+            run = None
+            if db is not None and d.get("run_id"):
+                try:
+                    run = db.get_run(d["run_id"])
+                except UnknownRunError:
+                    run = None
+            runs.append(run or {
+                "id": d.get("run_id") or "", "input": d["query"], "status": "error" if d.get("error") else "ok",
+                "error": d.get("error"), "llm": d.get("llm"), "store": d.get("store"),
+                "answer": {"rows": d.get("rows", []), "question": d["query"], "timings": d.get("timings", {})},
+            })
+    finally:
+        if db is not None:
+            db.close()
+    return runs
+
+
+def answer_line(query, answer: dict, store: str, k: int) -> dict:
+    return {"query": query.text, "line": query.line, "run_id": answer.get("run_id"),
+            "thread_id": answer.get("thread_id"), "llm": answer.get("llm"), "store": store, "k": k,
+            "constraints": answer.get("constraints", {}), "rows": answer.get("rows", []),
+            "timings": answer.get("timings", {}), "error": None}
+
+
+def error_line(query, error: BaseException, llm: str, store: str, k: int) -> dict:
+    return {"query": query.text, "line": query.line, "run_id": None, "thread_id": None, "llm": llm, "store": store,
+            "k": k, "constraints": {}, "rows": [], "timings": {}, "error": f"{type(error).__name__}: {error}"}
+
+
+def batch(
+    queries: Annotated[Path, typer.Argument(help="Queries: .txt (one a line), .csv (query/text column, or ENTRep "
+                                                 "t2i.csv), .jsonl ({\"query\": ...}) or ENTRep t2i.json.")],
+    out: Annotated[Path, typer.Option("--out", help="Results, one JSON line per query; a rerun skips what it holds.")],
+    submission_path: Annotated[Optional[Path], typer.Option(
+        "--submission", help="Also write the ENTRep Track 3 submission JSON {query: top-1 image}.")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Also write an HTML report of the answers.")] = None,
+    llm: LlmOpt = "offline",
+    k: Annotated[int, typer.Option("--k", "-k", min=1, max=1000, help="Images kept per query.")] = 10,
+    pool: PoolOpt = 20,
+    concurrency: ConcurrencyOpt = 4,
+    store: StoreOpt = "default",
+    chroma_url: ChromaUrlOpt = None,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+):
+    """Answer every query of a file through the whole agent; resumable, one traced run per query.
+
+    A bad line in the query file is reported and skipped; a failing query gets a line with its error and the
+    run goes on; a rerun with the same --out answers only what is missing (and retries failures).
+    """
+    set_home(home)
+    check_llm(llm)
+    from agent.queries import read_queries
+
+    parsed = read_queries(queries)
+    _report_skipped("queries", parsed.skipped, parsed.unit)
+    if repair_tail(out):
+        err_console.print(f"[yellow]{out}[/yellow]: dropped an incomplete last line (an interrupted write)")
+    previous, bad_out = read_results(out)
+    for n, why in bad_out:
+        err_console.print(f"[yellow]{out} line {n}[/yellow]: {why}, ignored")
+    done = {q for q, d in previous.items() if not d.get("error")}
+    todo = [q for q in parsed.items if q.text not in done]
+    skipped = len(parsed.items) - len(todo)
+    other = {d.get("llm") for q, d in previous.items() if q in done} - {llm}
+    if skipped and other:
+        err_console.print(f"[yellow]note:[/yellow] {out} already holds answers made with --llm "
+                          f"{', '.join(sorted(map(str, other)))}; they are kept, not redone")
+
+    stats = {"done": 0, "failed": 0, "fallback_rows": 0, "fallback_queries": 0, "cache_hits": 0}
+    failures = []
+    interrupted = False
+    if todo:
+        assistant = _assistant(store, chroma_url, llm, k, pool, concurrency)
+        writer = ResultsWriter(out)
+        try:
+            with progress(disable=json_out) as bar:
+                task = bar.add_task("Answering", total=len(todo))
+                for q in todo:
+                    try:
+                        doc = answer_line(q, assistant.ask(q.text, kind="batch"), store, k)
+                    except Exception as e:  # one bad query must not stop the other hundreds
+                        doc = error_line(q, e, llm, store, k)
+                        stats["failed"] += 1
+                        failures.append({"query": q.text, "line": q.line, "error": doc["error"]})
+                        err_console.print(f"[red]failed[/red] {parsed.unit} {q.line}: {doc['error']}")
+                    else:
+                        stats["done"] += 1
+                        fb = sum(1 for r in doc["rows"] if r.get("fallback"))
+                        stats["fallback_rows"] += fb
+                        stats["fallback_queries"] += bool(fb)
+                        stats["cache_hits"] += sum(1 for r in doc["rows"] if r.get("cached"))
+                    writer.write(doc)
+                    bar.advance(task)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            writer.close()
+
+    results, _ = read_results(out)
+    in_order = [results[q.text] for q in parsed.items if q.text in results]
+    if submission_path:
+        _write_atomic(submission_path, json.dumps(submission(in_order), indent=2, ensure_ascii=False) + "\n")
+    if report:
+        from agent.report import render_batch
+
+        _write_atomic(report, render_batch(report_runs(in_order), title=f"kger batch: {queries.name}"))
+
+    summary = {
+        "queries": len(parsed.items), "done": stats["done"], "skipped": skipped, "failed": stats["failed"],
+        "bad_lines": [{parsed.unit: s.line, "reason": s.reason} for s in parsed.skipped],
+        "judge_fallbacks": {"rows": stats["fallback_rows"], "queries": stats["fallback_queries"]},
+        "cache_hits": stats["cache_hits"], "interrupted": interrupted, "out": str(out),
+        "answered_in_file": sum(1 for d in in_order if not d.get("error")),
+        "submission": str(submission_path) if submission_path else None,
+        "report": str(report) if report else None, "failures": failures,
+    }
+    if json_out:
+        print_json(summary)
+    else:
+        out_console.print(
+            f"{stats['done']} answered, {skipped} already in {out}, {stats['failed']} failed, "
+            f"{len(parsed.skipped)} bad {parsed.unit}s skipped; judge fallbacks in {stats['fallback_rows']} rows "
+            f"({stats['fallback_queries']} queries), {stats['cache_hits']} cached verdicts.")
+        for path, what in ((submission_path, "submission"), (report, "report")):
+            if path:
+                out_console.print(f"{what}: {path}")
+    if interrupted:
+        err_console.print(f"Interrupted: rerun the same command to finish ({out} keeps every finished query).")
+        raise typer.Exit(130)
+    if stats["failed"]:
+        err_console.print(f"Error: {stats['failed']} queries failed (their lines in {out} say why); rerun to retry them")
+        raise typer.Exit(1)
+
+
+# -- eval ----------------------------------------------------------------------------------------------------
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _delta(x: float) -> str:
+    if abs(x) < 1e-12:
+        return "[dim]0.0[/dim]"
+    return f"[green]+{100 * x:.1f}[/green]" if x > 0 else f"[red]{100 * x:.1f}[/red]"
+
+
+def metrics_table(metrics: dict[str, dict], deltas: list[dict], title: str) -> Table:
+    from agent.evaluate import METRICS, STAGE_HELP
+
+    caption = "\n".join(f"{s}: {STAGE_HELP[s]}" for s in metrics if s in STAGE_HELP)
+    t = Table(title=title, title_justify="left", caption=caption + "\ndeltas in percentage points",
+              caption_justify="left")
+    t.add_column("stage")
+    for m in METRICS:
+        t.add_column(m + " %", justify="right")
+    for stage, m in metrics.items():
+        t.add_row(stage, *(_pct(m[k]) for k in METRICS))
+    t.add_section()
+    for d in deltas:
+        t.add_row(f"{d['to']} - {d['from']}", *(_delta(d[k]) for k in METRICS))
+    return t
+
+
+def tune_table(tuned: dict) -> Table:
+    from agent.evaluate import METRICS
+
+    t = Table(title=f"Fusion tuning (seed {tuned['seed']}: tuned on {len(tuned['split']['tune'])} queries, "
+                    f"tested on {len(tuned['split']['test'])})", title_justify="left")
+    t.add_column("split")
+    t.add_column("fusion")
+    for m in METRICS:
+        t.add_column(m + " %", justify="right")
+    for split in ("tune", "test"):
+        for which in ("default", "best"):
+            m = tuned[split][which]
+            t.add_row(split, which, *(_pct(m[k]) for k in METRICS))
+    return t
+
+
+def _describe(cfg: dict) -> str:
+    if cfg["strategy"] == "rrf":
+        return f"rrf k={cfg['rrf_k']}"
+    return (f"{cfg['strategy']} w_retrieval={cfg['w_retrieval']:g} w_judge={cfg['w_judge']:g} "
+            f"decay={cfg['decay']:g} judge_pos_weight={cfg['judge_pos_weight']:g}")
+
+
+def evaluate(
+    gt: Annotated[Path, typer.Argument(help="Ground truth: ENTRep t2i.json ({description: image}), a CSV "
+                                            "(query,image or query,class) or JSON {query: class}.")],
+    llm: LlmOpt = "offline",
+    k: Annotated[int, typer.Option("--k", "-k", min=1, max=1000,
+                                   help="Candidates per query; every stage is ranked over these.")] = 20,
+    labels: Annotated[Optional[Path], typer.Option(
+        "--labels", help="cls.json or CSV giving each image's class for class-level ground truth "
+                         "[default: the labels the store was indexed with].")] = None,
+    tune_fusion: Annotated[bool, typer.Option(
+        "--tune-fusion", help="Search fusion settings on one half of the queries, report them on the other.")] = False,
+    split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of the tune/test split.")] = 0,
+    concurrency: ConcurrencyOpt = 4,
+    store: StoreOpt = "default",
+    chroma_url: ChromaUrlOpt = None,
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+):
+    """Recall@1/5/10, MRR and nDCG@10 for each stage (ensemble, agent retrieval, judge, fused), with deltas.
+
+    One traced agent run per query gives every stage: the answer keeps all K candidates with their retrieval
+    rank and judge score. Queries whose relevant images are not in the store are listed and left out.
+    """
+    set_home(home)
+    check_llm(llm)
+    from agent import evaluate as ev
+    from agent.queries import read_ground_truth
+
+    parsed = read_ground_truth(gt)
+    _report_skipped("ground truth", parsed.skipped, parsed.unit)
+    label_map = None
+    if labels is not None:
+        from retrieval.labels import read_labels
+
+        label_map = read_labels(labels)
+    assistant = _assistant(store, chroma_url, llm, k, k, concurrency)
+    records_meta = assistant.searcher.gallery.all_metadata()
+    resolved, excluded = ev.resolve_truth(parsed.items, records_meta, label_map)
+    for x in excluded:
+        err_console.print(f"[yellow]excluded[/yellow] {parsed.unit} {x['line']} {x['query']!r}: {x['reason']}")
+    if not resolved:
+        raise BatchError(f"none of the {len(parsed.items)} queries in {gt} has a relevant image in store '{store}'")
+    store_labels = sum(1 for _, m in records_meta if m.get("label"))
+
+    records: list[ev.EvalRecord] = []
+    failed = []
+    with progress(disable=json_out) as bar:
+        task = bar.add_task("Evaluating", total=len(resolved))
+        for truth, relevant in resolved:
+            try:
+                answer = assistant.ask(truth.query, kind="eval")
+                ensemble = [r.id for r in assistant.searcher.text(truth.query, k=k)]
+            except Exception as e:
+                failed.append({"query": truth.query, "error": f"{type(e).__name__}: {e}"})
+                err_console.print(f"[red]failed[/red] {truth.query!r}: {type(e).__name__}: {e}")
+            else:
+                records.append(ev.EvalRecord(truth.query, relevant, ev.stage_rankings(answer, ensemble),
+                                             answer.get("rows", []), answer.get("run_id")))
+            bar.advance(task)
+    if not records:
+        raise BatchError(f"every query failed ({failed[0]['error']})")
+
+    metrics = ev.stage_metrics(records)
+    deltas = ev.deltas(metrics)
+    tuned = ev.tune_fusion(records, seed=split_seed) if tune_fusion else None
+    doc = {
+        "gt": str(gt), "store": store, "llm": llm, "k": k, "queries": len(parsed.items),
+        "evaluated": len(records), "excluded": excluded, "failed": failed,
+        "bad_entries": [{parsed.unit: s.line, "reason": s.reason} for s in parsed.skipped],
+        "store_images": len(records_meta), "store_labelled": store_labels,
+        "class_truth": "labels file" if label_map is not None else "store labels",
+        "stages": metrics, "deltas": deltas, "tune_fusion": tuned,
+        "per_query": [{"query": r.query, "run_id": r.run_id, "relevant": sorted(r.relevant),
+                       "first_hit": {s: ev.first_hit(ids, r.relevant) for s, ids in r.rankings.items()},
+                       "rankings": r.rankings} for r in records],
+    }
+    if json_out:
+        print_json(doc)
+        return
+    out_console.print(metrics_table(metrics, deltas, f"{gt.name}: {len(records)} queries, store '{store}', "
+                                                     f"--llm {llm}, {k} candidates"))
+    out_console.print(f"{len(excluded)} queries excluded (relevant images not in the store), {len(failed)} failed, "
+                      f"{len(parsed.skipped)} bad entries.")
+    if store_labels:
+        out_console.print(f"[yellow]note:[/yellow] {store_labels} of {len(records_meta)} stored images carry a label. "
+                          "The planner's filters and the offline judge read labels, so only the ensemble stage is "
+                          "blind to them. For a blind test, index the images without labels and give their classes "
+                          "with --labels FILE.")
+    if tuned:
+        out_console.print(tune_table(tuned))
+        best = "the default" if tuned["best"] == tuned["default"] else _describe(tuned["best"])
+        out_console.print(f"default: {_describe(tuned['default'])}\nbest:    {best} ({tuned['tied_best']} of "
+                          f"{tuned['grid_size']} settings tie on the tuning half; a tie goes to the default)")

@@ -1,0 +1,273 @@
+"""`kger chat`: a conversation in the terminal, one LangGraph thread per session.
+
+Descriptions and follow-ups ("only the left side", "more like number 2") go through `Assistant.ask` with the
+session's thread id, so the planner sees the previous answer. A few turns are answered here without the
+graph: "show 10" re-asks the last description with k=10, and "why is 1 first?" is read from the last run's
+trace (never from a model), as are the slash commands.
+"""
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from agent.cli.ask import REMOTE_NOTICE, LlmOpt, answer_table, check_llm, open_assistant
+from agent.cli.common import ChromaUrlOpt, HomeOpt, KOpt, StoreOpt, err_console, out_console, set_home
+
+PROMPT = "kger> "
+HISTORY_FILE = "chat_history"
+HISTORY_LENGTH = 1000
+MAX_K = 1000
+
+HELP = """\
+Type a clinical description, e.g. [bold]left ear, tympanic membrane with a central perforation[/bold].
+Follow-ups keep the conversation:
+  [bold]only the left side[/bold] / [bold]only the right side[/bold]   the last description, one side only
+  [bold]more like number 2[/bold]        images that look like #2 of the last answer
+  [bold]show 10[/bold]                   the last description again, with 10 images (and k = 10 from then on)
+  [bold]why is 1 first?[/bold]           the arithmetic and the reasons behind #1, from the trace
+Commands:
+  [bold]/k N[/bold]  images per answer     [bold]/llm offline|gemini[/bold]  switch planner and judge
+  [bold]/trace[/bold]  the last run's trace   [bold]/open N[/bold]  path of image N   [bold]/help[/bold]   [bold]/quit[/bold]
+Ctrl-C cancels the current turn; Ctrl-D quits."""
+
+_SHOW = re.compile(r"^\s*show\s+(?:me\s+)?(\d+)(?:\s+(?:more\s+)?(?:images?|results?|pictures?))?\s*[.!]?\s*$", re.I)
+_WHY = re.compile(r"^\s*why\s+(?:is\s+|was\s+|are\s+)?(?:(?:image|number|no\.?)\s*|#\s*)?(\d+)\b[^\n]*$", re.I)
+
+
+def _history_path() -> Path:
+    from store.paths import kger_home
+
+    return kger_home() / HISTORY_FILE
+
+
+def setup_readline() -> Optional[Callable[[], None]]:
+    """Line editing and a history file under KGER_HOME; returns the function that saves the history."""
+    try:
+        import readline
+    except ImportError:  # not on every platform; the chat works without it
+        return None
+    path = _history_path()
+    try:
+        readline.read_history_file(str(path))
+    except (FileNotFoundError, OSError):
+        pass
+    readline.set_history_length(HISTORY_LENGTH)
+
+    def save() -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            readline.write_history_file(str(path))
+        except OSError as e:
+            err_console.print(f"[dim]could not save the chat history to {path}: {e}[/dim]")
+
+    return save
+
+
+class ChatSession:
+    """The state of one conversation: the assistant, the thread, the last answer; `handle` is one input line."""
+
+    def __init__(self, assistant, console: Console = out_console, err: Console = err_console,
+                 announced_remote: bool = False):
+        self.assistant = assistant
+        self.console, self.err = console, err
+        self.thread_id = uuid.uuid4().hex
+        self.last: Optional[dict] = None
+        self.announced_remote = announced_remote
+        self.thumbs_note_shown = False
+
+    # -- one line ------------------------------------------------------------------------------
+    def handle(self, line: str) -> bool:
+        """Answer one input line; False means the session ends."""
+        text = line.strip()
+        if not text:
+            self.hint("Type a clinical description (e.g. 'left ear, tympanic membrane'), or /help.")
+            return True
+        if text.startswith("/"):
+            return self.command(text)
+        m = _SHOW.match(text)
+        if m:
+            self.show(int(m.group(1)))
+            return True
+        m = _WHY.match(text)
+        if m:
+            self.why(int(m.group(1)))
+            return True
+        self.ask(text)
+        return True
+
+    def hint(self, message: str) -> None:
+        self.err.print(f"[yellow]{message}[/yellow]", highlight=False)
+
+    # -- turns through the graph ---------------------------------------------------------------
+    def ask(self, text: str) -> None:
+        with self.err.status("Searching and judging...", spinner="dots"):
+            answer = self.assistant.ask(text, thread_id=self.thread_id, kind="chat")
+        self.last = answer
+        self.print_answer(answer)
+
+    def print_answer(self, answer: dict) -> None:
+        rows = answer.get("rows") or []
+        if rows:
+            self.console.print(answer_table(answer))
+            self.print_thumbnails(rows)
+        else:
+            self.console.print(f"No image found for {answer.get('question')!r}.")
+            for error in self._tool_errors(answer.get("run_id")):
+                self.hint(error)
+        self.console.print(f"run {answer['run_id']}  [dim](why is 1 first? /trace, /open N)[/dim]")
+
+    def print_thumbnails(self, rows: list[dict]) -> None:
+        from agent.thumbs import can_draw, thumbnail_strip
+
+        if not can_draw(self.console):
+            if not self.thumbs_note_shown:
+                self.err.print("[dim](no colour on this terminal: thumbnails are off; /open N prints a path)[/dim]")
+                self.thumbs_note_shown = True
+            return
+        strip = thumbnail_strip(rows, self.console.width)
+        if strip is not None:
+            self.console.print(strip)
+
+    def show(self, k: int) -> None:
+        if not self.last:
+            self.hint("Nothing to show yet: type a description first.")
+            return
+        if not 1 <= k <= MAX_K:
+            self.hint(f"show N takes 1 to {MAX_K}.")
+            return
+        if k != self.assistant.k:
+            self.err.print(f"[dim]k = {k} from now on (/k N to change)[/dim]")
+        self.set_k(k)
+        self.ask(self.last.get("question") or self.last.get("input") or "")
+
+    def set_k(self, k: int) -> None:
+        self.assistant.k = k
+        self.assistant.pool = max(self.assistant.pool, k)
+
+    # -- answered from the trace ---------------------------------------------------------------
+    def last_run(self) -> Optional[dict]:
+        if not self.last or self.assistant.traces is None:
+            return None
+        return self.assistant.traces.get_run(self.last["run_id"])
+
+    def _tool_errors(self, run_id: Optional[str]) -> list[str]:
+        if not run_id or self.assistant.traces is None:
+            return []
+        from agent.report import event_payloads
+
+        try:
+            run = self.assistant.traces.get_run(run_id)
+        except KeyError:
+            return []
+        return [str(e) for e in event_payloads(run).get("retrieve/candidates", {}).get("errors") or []]
+
+    def why(self, rank: int) -> None:
+        from agent.cli.trace import explain_rank
+
+        run = self.last_run()
+        if run is None:
+            self.hint("Ask something first: 'why' explains the last answer.")
+            return
+        self.console.print(explain_rank(run, rank))
+
+    # -- slash commands ------------------------------------------------------------------------
+    def command(self, text: str) -> bool:
+        name, _, arg = text[1:].partition(" ")
+        name, arg = name.lower(), arg.strip()
+        if name in ("quit", "exit", "q"):
+            return False
+        if name in ("help", "h", "?"):
+            self.console.print(HELP)
+        elif name == "k":
+            if not arg.isdigit() or not 1 <= int(arg) <= MAX_K:
+                self.hint(f"Usage: /k N (1 to {MAX_K}); now {self.assistant.k}.")
+            else:
+                self.set_k(int(arg))
+                self.console.print(f"k = {self.assistant.k}")
+        elif name == "llm":
+            self.switch_llm(arg)
+        elif name == "trace":
+            from agent.cli.trace import run_view
+
+            run = self.last_run()
+            if run is None:
+                self.hint("No run yet in this session.")
+            else:
+                self.console.print(run_view(run, short=True))
+                self.console.print(f"[dim]full record: kger trace show {run['id'][:12]}[/dim]")
+        elif name == "open":
+            rows = (self.last or {}).get("rows") or []
+            if not arg.isdigit() or not 1 <= int(arg) <= len(rows):
+                self.hint(f"Usage: /open N, with N from 1 to {len(rows)}." if rows else "No answer yet.")
+            else:
+                self.console.print(Text(str(rows[int(arg) - 1]["path"])), soft_wrap=True)
+        else:
+            self.hint(f"Unknown command /{name}; type /help for the list.")
+        return True
+
+    def switch_llm(self, llm: str) -> None:
+        from agent.assistant import LLMS, make_planner_and_judge
+
+        if llm not in LLMS:
+            self.hint(f"Usage: /llm {'|'.join(LLMS)}; now {self.assistant.llm}.")
+            return
+        if llm == "gemini" and not self.announced_remote:
+            self.err.print(REMOTE_NOTICE)
+            self.announced_remote = True
+        if llm == "gemini" and not os.environ.get("GOOGLE_API_KEY"):
+            self.hint("GOOGLE_API_KEY is not set: the planner and judge fall back to offline.")
+        self.assistant.planner, self.assistant.judge = make_planner_and_judge(llm)
+        self.assistant.llm = llm
+        self.console.print(f"llm = {llm}")
+
+    # -- the loop ------------------------------------------------------------------------------
+    def loop(self, read: Callable[[str], str] = input) -> None:
+        """Read lines until /quit or Ctrl-D; Ctrl-C drops the line being typed or cancels the running turn."""
+        while True:
+            try:
+                line = read(PROMPT)
+            except EOFError:
+                self.console.print()
+                return
+            except KeyboardInterrupt:
+                self.console.print()
+                continue
+            try:
+                if not self.handle(line):
+                    return
+            except KeyboardInterrupt:
+                self.err.print("[yellow]Cancelled.[/yellow] The conversation goes on; /quit or Ctrl-D to leave.")
+            except Exception as e:  # one failed turn must not end the conversation
+                if os.environ.get("KGER_DEBUG"):
+                    raise
+                msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+                self.err.print(Text(f"error: {(msg.splitlines() or [type(e).__name__])[0]}", style="red"))
+
+
+def chat(
+    llm: LlmOpt = "offline",
+    k: KOpt = 5,
+    store: StoreOpt = "default",
+    chroma_url: ChromaUrlOpt = None,
+    home: HomeOpt = None,
+):
+    """Talk to the assistant: describe what you look for, refine it, ask why. /help lists the commands."""
+    set_home(home)
+    check_llm(llm)  # announces a remote LLM once, before anything is sent
+    assistant = open_assistant(store, chroma_url, llm, k)
+    session = ChatSession(assistant, announced_remote=llm == "gemini")
+    save_history = setup_readline()
+    err_console.print(f"kger chat: store '{store}', llm {llm}, k {k}. Describe what you look for; /help for more, "
+                      "Ctrl-D to quit.")
+    try:
+        session.loop()
+    finally:
+        if save_history:
+            save_history()

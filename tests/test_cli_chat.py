@@ -1,0 +1,330 @@
+"""`kger chat` driven as a person would: the real program in a pseudo-terminal, typed at, its screen read.
+
+One session-scoped gallery (an untrained 2-fold bundle over the 70 real ENTRep images, indexed with
+`kger index` in a subprocess) and one module-scoped conversation; the tests then check each turn's screen
+and the traces the turns left behind.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "kger> "
+KGER = [sys.executable, "-c", "from agent.cli import main; main()"]
+COLS, ROWS = 160, 50
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[=>()][0-9A-Za-z]?")
+
+pytestmark = pytest.mark.slow
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR", "GOOGLE_API_KEY")}
+    env.update(KGER_HOME=str(home), TERM="xterm-256color", COLORTERM="truecolor", HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", ANONYMIZED_TELEMETRY="False", PYTHONUNBUFFERED="1")
+    return env
+
+
+def plain(text: str) -> str:
+    """What a person sees, give or take cursor movement: escape sequences and carriage returns removed."""
+    return _ANSI.sub("", text).replace("\r", "")
+
+
+class Terminal:
+    """A child process on a pseudo-terminal (its controlling tty, so Ctrl-C is a real SIGINT)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path):
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: size the terminal, then become kger
+            try:
+                fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLS, 0, 0))
+                os.chdir(cwd)
+                os.execve(argv[0], argv, env)
+            finally:
+                os._exit(127)
+        self.raw = ""
+        self.status = None
+
+    def _read(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if not ready:
+            return True
+        try:
+            data = os.read(self.fd, 65536)
+        except OSError as e:  # EIO: the child closed the terminal
+            if e.errno != errno.EIO:
+                raise
+            return False
+        if not data:
+            return False
+        self.raw += data.decode("utf-8", "replace")
+        return True
+
+    def expect(self, pattern: str, start: int, timeout: float = 60.0) -> str:
+        """Read until `pattern` (a regex) shows in the screen text after raw offset `start`; return that text."""
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = plain(self.raw[start:])
+            if re.search(pattern, screen):
+                return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {pattern!r}; screen so far:\n{screen[-3000:]}")
+            if not self._read(min(0.5, max(0.0, deadline - time.monotonic()))):
+                raise AssertionError(f"kger exited while waiting for {pattern!r}; screen:\n{screen[-3000:]}")
+
+    def send(self, text: str) -> int:
+        mark = len(self.raw)
+        os.write(self.fd, text.encode())
+        return mark
+
+    def turn(self, line: str, timeout: float = 60.0) -> str:
+        """Type a line and Enter; return the screen up to the next prompt (the echo of the line included)."""
+        mark = self.send(line + "\r")
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = plain(self.raw[mark:])
+            echo = screen.find(line) if line else 0
+            if echo >= 0 and PROMPT in screen[echo + len(line):]:
+                return screen[: screen.rindex(PROMPT)]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no prompt after {line!r}; screen:\n{screen[-3000:]}")
+            if not self._read(0.5):
+                raise AssertionError(f"kger exited after {line!r}; screen:\n{screen[-3000:]}")
+
+    def wait(self, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._read(0.2)
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                while self._read(0.05):  # drain
+                    if not select.select([self.fd], [], [], 0)[0]:
+                        break
+                self.status = os.waitstatus_to_exitcode(status)
+                return self.status
+        raise AssertionError("kger did not exit")
+
+    def close(self) -> None:
+        if self.status is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+        os.close(self.fd)
+
+
+def table_rows(screen: str) -> list[dict]:
+    """The answer table's rows as a person reads them: rank, image name, class."""
+    rows = []
+    for line in screen.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) >= 7 and cells[0].isdigit():
+            rows.append({"rank": int(cells[0]), "name": cells[1], "class": cells[2]})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def chat_gallery(entrep_train, tmp_path_factory) -> Path:
+    """KGER_HOME with store 'default': an untrained 2-fold bundle over the real images (labels from cls.json)."""
+    home = tmp_path_factory.mktemp("chat-home")
+    env = _env(home)
+    for argv in (["bundle", "init", "--out", str(home / "bundle"), "--folds", "2"],
+                 ["index", str(entrep_train / "imgs"), "--bundle", str(home / "bundle")]):
+        done = subprocess.run(KGER + argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    return home
+
+
+@pytest.fixture(scope="module")
+def conversation(chat_gallery) -> dict:
+    """One chat session, typed turn by turn; returns each turn's screen and the exit status."""
+    term = Terminal(KGER + ["chat", "--k", "5"], _env(chat_gallery), ROOT)
+    screens: dict[str, str] = {}
+    try:
+        screens["start"] = term.expect(re.escape(PROMPT), 0, timeout=120)
+        screens["empty"] = term.turn("")
+        screens["unknown"] = term.turn("/frobnicate")
+        screens["why_before"] = term.turn("why is 1 first?")
+        screens["left"] = term.turn("left ear, tympanic membrane")
+        screens["right"] = term.turn("only the right side")
+        screens["why"] = term.turn("why is 1 first?")
+        screens["like"] = term.turn("more like number 2")
+        screens["show"] = term.turn("show 7")
+        screens["k"] = term.turn("/k 3")
+        screens["nose"] = term.turn("nose, left nasal cavity")
+        screens["open"] = term.turn("/open 2")
+        screens["trace"] = term.turn("/trace")
+        screens["help"] = term.turn("/help")
+        screens["llm"] = "".join(term.turn(line) for line in ("/llm gemini", "/llm offline", "/llm gemini"))
+        screens["gemini_turn"] = term.turn("left ear")  # no GOOGLE_API_KEY: planned and judged offline, and said so
+        screens["llm_back"] = term.turn("/llm offline")
+        screens["llm_bad"] = term.turn("/llm gpt")
+        # Ctrl-C while a turn runs: wait for its spinner, then interrupt
+        mark = term.send("throat, tonsils\r")
+        term.expect(r"Searching and judging", mark, timeout=60)
+        term.send("\x03")
+        screens["cancel"] = term.expect(r"Cancelled\.|" + re.escape(PROMPT) + r"\s*$", mark, timeout=60)
+        term.expect(re.escape(PROMPT) + r"\s*$", mark, timeout=60)
+        screens["after_cancel"] = term.turn("vocal cords open")
+        mark = term.send("\x04")  # Ctrl-D at an empty prompt quits
+        status = term.wait()
+        screens["end"] = plain(term.raw[mark:])
+    finally:
+        term.close()
+    return {"screens": screens, "status": status, "home": chat_gallery}
+
+
+def _runs(home: Path) -> list[dict]:
+    from store.traces import TraceDB
+
+    with TraceDB(home / "traces.db") as db:
+        return [db.get_run(r["id"]) for r in reversed(db.list_runs(limit=0))]  # oldest first
+
+
+# ------------------------------------------------------------------------------------------- the screens
+
+
+def test_start_and_quit(conversation):
+    s = conversation["screens"]
+    assert "kger chat" in s["start"] and "/help" in s["start"]
+    assert conversation["status"] == 0
+    history = (conversation["home"] / "chat_history").read_text()
+    assert "left ear, tympanic membrane" in history and "only the right side" in history
+
+
+def test_bad_input_gets_a_one_line_hint(conversation):
+    s = conversation["screens"]
+    assert "Type a clinical description" in s["empty"]
+    assert "Unknown command /frobnicate; type /help" in s["unknown"]
+    assert "Ask something first" in s["why_before"]
+    for key in ("empty", "unknown", "why_before"):
+        assert "Traceback" not in s[key]
+
+
+def test_question_shows_table_thumbnails_and_run_id(conversation):
+    screen = conversation["screens"]["left"]
+    rows = table_rows(screen)
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
+    assert all(r["class"] == "ear-left" for r in rows), rows  # the side is a hard constraint
+    assert re.search(r"run [0-9a-f]{32}", screen)
+    for col in ("retrieval", "judge", "fused", "why"):
+        assert col in screen
+    # half-block thumbnails in truecolor, with the ranks under them
+    raw_colour = "▀" in screen and "#1" in screen and "#5" in screen
+    assert raw_colour, screen[-2000:]
+
+
+def test_only_the_right_side_keeps_the_conversation(conversation):
+    screen = conversation["screens"]["right"]
+    rows = table_rows(screen)
+    assert len(rows) == 5
+    assert all(r["class"] == "ear-right" for r in rows), rows
+    assert "right ear, tympanic membrane" in screen  # the follow-up was resolved against the left-ear question
+
+
+def test_why_is_1_first_comes_from_the_trace(conversation):
+    s = conversation["screens"]
+    runs = _runs(conversation["home"])
+    right = next(r for r in runs if r["input"] == "only the right side")
+    top = right["answer"]["rows"][0]
+    screen = s["why"]
+    assert f"Why #1 {top['name']}" in screen
+    assert top["formula"] in screen  # the Pos-Fuse arithmetic, as recorded
+    assert re.search(r"fused = \(0\.4\*0\.\d{4} \+ 0\.6\*\(0\.6\*0\.\d{4}\+0\.4\*[01]\.\d{3}\)\) / 1 = 0\.\d{4}", screen)
+    assert top["justification"].split(":")[0] in screen  # "Labelled ear-right"
+    assert "Per-fold cosine: fold 1" in screen and "fold 2" in screen
+    assert re.search(r"Fold agreement: [0-2]/2 folds", screen)
+    assert "no model was called" in screen
+    # answering it wrote no run of its own
+    assert not any("why" in (r["input"] or "") for r in runs)
+
+
+def test_more_like_number_2_and_show_7(conversation):
+    s = conversation["screens"]
+    assert len(table_rows(s["like"])) == 5
+    assert [r["rank"] for r in table_rows(s["show"])] == list(range(1, 8))
+    assert "k = 3" in s["k"]
+    nose = table_rows(s["nose"])
+    assert len(nose) == 3 and all(r["class"] == "nose-left" for r in nose), nose
+
+
+def test_open_trace_and_help(conversation):
+    s = conversation["screens"]
+    nose_rows = table_rows(s["nose"])
+    path = next(line.strip() for line in s["open"].splitlines() if line.strip().endswith(".png"))
+    assert Path(path).is_file() and Path(path).name == nose_rows[1]["name"]
+    assert "# Run " in s["trace"] and "## Plan" in s["trace"] and "## Pos-Fuse" in s["trace"]
+    assert "retrieve(" in s["trace"] and '"nose, left nasal cavity"' in s["trace"]
+    assert "/llm offline|gemini" in s["help"] and "why is 1 first?" in s["help"]
+
+
+def test_remote_llm_is_announced_once_and_falls_back_without_a_key(conversation):
+    s = conversation["screens"]
+    assert s["llm"].count("Gemini selected") == 1 and "sent to Google's API" in s["llm"]
+    assert s["llm"].count("llm = gemini") == 2 and "llm = offline" in s["llm"]
+    rows = table_rows(s["gemini_turn"])
+    assert len(rows) == 3 and all(r["class"] == "ear-left" for r in rows)
+    assert "offline judge: no GOOGLE_API_KEY" in s["gemini_turn"]
+    assert "llm = offline" in s["llm_back"]
+    assert "Usage: /llm offline|gemini; now offline." in s["llm_bad"]
+
+
+def test_ctrl_c_cancels_the_turn_not_the_session(conversation):
+    s = conversation["screens"]
+    runs = _runs(conversation["home"])
+    if "Cancelled." in s["cancel"]:  # the interrupt landed inside the turn: that run is marked as cut
+        cut = next(r for r in runs if r["input"] == "throat, tonsils")
+        assert cut["status"] == "error" and "KeyboardInterrupt" in cut["error"]
+    after = table_rows(s["after_cancel"])
+    assert len(after) == 3 and all(r["class"] == "vc-open" for r in after), after
+
+
+def test_one_thread_per_session_every_turn_traced(conversation):
+    runs = _runs(conversation["home"])
+    asked = [r["input"] for r in runs if r["input"] != "throat, tonsils"]  # the cancelled turn may have started
+    assert asked == ["left ear, tympanic membrane", "only the right side", "more like number 2",
+                     "right ear, tympanic membrane", "nose, left nasal cavity", "left ear", "vocal cords open"]
+    assert [r["llm"] for r in runs if r["input"] == "left ear"] == ["gemini"]
+    assert {r["kind"] for r in runs} == {"chat"}
+    assert len({r["thread_id"] for r in runs}) == 1
+
+
+def test_trace_show_and_export_of_a_chat_run(conversation, tmp_path, monkeypatch):
+    """The audit commands read the chat's runs back, in-process, without building any model."""
+    from agent.cli import app
+    from agent.cli.common import out_console
+
+    monkeypatch.setenv("KGER_HOME", str(conversation["home"]))
+    monkeypatch.setattr(out_console, "_width", 200)
+    right = next(r for r in _runs(conversation["home"]) if r["input"] == "only the right side")
+    runner = CliRunner()
+    shown = runner.invoke(app, ["trace", "show", right["id"][:10]])
+    assert shown.exit_code == 0, shown.output
+    for row in right["answer"]["rows"]:
+        assert row["formula"] in shown.output
+    out = tmp_path / "run.html"
+    exported = runner.invoke(app, ["trace", "export", right["id"][:10], "--format", "html", "--out", str(out)])
+    assert exported.exit_code == 0, exported.output
+    page = out.read_text()
+    assert page.count('src="data:image/jpeg;base64,') == len(right["answer"]["rows"])
+    as_json = runner.invoke(app, ["trace", "export", right["id"], "--format", "json"])
+    assert json.loads(as_json.stdout)["id"] == right["id"]
