@@ -74,6 +74,12 @@ def class_text(c: dict) -> str:
     return "-"
 
 
+def call_text(call: dict) -> str:
+    """A tool call as the planner made it: name(arg=json, ...)."""
+    args = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in (call.get("args") or {}).items())
+    return f"{call.get('name')}({args})"
+
+
 def _table(headers: Iterable[str], rows: Iterable[Iterable[str]], cls: str = "") -> str:
     """Cells must be escaped HTML already; a cell starting with '\\x00num' is right-aligned."""
     head = "".join(f"<th>{e(h)}</th>" for h in headers)
@@ -115,9 +121,9 @@ def _answer_table(rows: list[dict]) -> str:
             why += ' <span class="dim">(cached)</span>'
         if r.get("demoted"):
             why += f' <span class="demoted">(ranked last: {e(r["demoted"])})</span>'
-        out.append([e(r["rank"]), f"<code>{e(r.get('name') or r['id'][:12])}</code>", e(class_text(r)), _n(r.get("retrieval")),
-                    _n(r.get("judge"), ".2f"), _n(r.get("fused"), ".4f"), f'<span class="formula">{e(r.get("formula"))}</span>',
-                    why])
+        out.append([e(r["rank"]), f"<code>{e(r.get('name') or r['id'][:12])}</code>", e(class_text(r)),
+                    _n(r.get("retrieval")), _n(r.get("judge"), ".2f"), _n(r.get("fused"), ".4f"),
+                    f'<span class="formula">{e(r.get("formula"))}</span>', why])
     return _table(("#", "image", "class", "retrieval", "judge", "fused", "Pos-Fuse formula", "why"), out, "answer")
 
 
@@ -125,7 +131,7 @@ def _details(summary: str, body: str, open_: bool) -> str:
     return f"<details{' open' if open_ else ''}><summary>{summary}</summary>{body}</details>"
 
 
-def _run_section(run: dict, heading: str = "h2", open_details: bool = True) -> str:
+def _run_section(run: dict, heading: str = "h2", open_details: bool = True, anchor: Optional[str] = None) -> str:
     ev = event_payloads(run)
     answer = run.get("answer") or {}
     rows = answer.get("rows") or []
@@ -137,7 +143,8 @@ def _run_section(run: dict, heading: str = "h2", open_details: bool = True) -> s
 
     run_id = run.get("id") or answer.get("run_id") or ""
     question = run.get("input") or answer.get("input") or answer.get("question") or ""
-    parts = [f'<section class="run" id="run-{e(run_id)}"><{heading}>{e(question)}</{heading}>']
+    anchor = anchor or f"run-{run_id}"
+    parts = [f'<section class="run" id="{e(anchor)}"><{heading}>{e(question)}</{heading}>']
     meta = {"run id": run_id, "kind": run.get("kind"), "status": run.get("status"), "created": run.get("created"),
             "llm": run.get("llm") or answer.get("llm"), "store": run.get("store"), "bundle": run.get("bundle"),
             "thread": run.get("thread_id"), "judged question": answer.get("question")}
@@ -153,17 +160,15 @@ def _run_section(run: dict, heading: str = "h2", open_details: bool = True) -> s
 
     plan = ev.get("plan/tool_calls")
     if plan is not None:
-        calls = "".join(
-            f"<li><code>{e(c.get('name'))}({e(', '.join(f'{k}={json.dumps(v, ensure_ascii=False)}' for k, v in (c.get('args') or {}).items()))})</code></li>"
-            for c in plan.get("tool_calls", []))
+        calls = "".join(f"<li><code>{e(call_text(c))}</code></li>" for c in plan.get("tool_calls", []))
         body = (f"<p>planner: {e(plan.get('planner'))}; fallback: {e(plan.get('fallback') or 'none')}; "
                 f"{e(fmt_num(plan.get('ms'), '.1f'))} ms</p><ul>{calls}</ul>")
         parts.append(_details("<b>Plan</b>: tool calls", body, open_details))
 
     ret = ev.get("retrieve/candidates")
     if ret is not None:
-        crow = [[e(c.get("rank")), f"<code>{e(c.get('name') or c['id'][:12])}</code>", e(class_text(c)), _n(c.get("score")),
-                 "\x00num" + e(" ".join(f"{s:.3f}" for s in c.get("fold_scores") or []) or "-"),
+        crow = [[e(c.get("rank")), f"<code>{e(c.get('name') or c['id'][:12])}</code>", e(class_text(c)),
+                 _n(c.get("score")), "\x00num" + e(" ".join(f"{s:.3f}" for s in c.get("fold_scores") or []) or "-"),
                  e({True: "match", False: "outside", None: ""}[c.get("filter_match")]), e(c.get("query"))]
                 for c in cands]
         body = _table(("#", "image", "class", "cosine", "per fold", "filter", "query"), crow, "candidates")
@@ -192,10 +197,12 @@ def _run_section(run: dict, heading: str = "h2", open_details: bool = True) -> s
             if r.get("demoted"):
                 formula += f' <span class="demoted">(ranked last: {e(r["demoted"])})</span>'
             frows.append([e(i), f"<code>{e(name(r.get('id')))}</code>", _n(r.get("retrieval_rank"), "d"),
-                          _n(r.get("judge_rank"), "d"), _n(r.get("judge_score"), ".2f"), _n(r.get("final"), ".4f"), formula])
+                          _n(r.get("judge_rank"), "d"), _n(r.get("judge_score"), ".2f"), _n(r.get("final"), ".4f"),
+                          formula])
         body = (f"<p>config: <code>{e(json.dumps(cfg))}</code>; constraints: "
                 f"<code>{e(json.dumps(fuse.get('constraints') or {}))}</code></p>"
-                + _table(("#", "image", "retrieval rank", "judge rank", "judge score", "final", "formula"), frows, "fuse"))
+                + _table(("#", "image", "retrieval rank", "judge rank", "judge score", "final", "formula"), frows,
+                         "fuse"))
         parts.append(_details(f"<b>Pos-Fuse</b> ({e(cfg.get('strategy', '?'))})", body, open_details))
 
     timings = run.get("timings") or answer.get("timings") or {}
@@ -218,6 +225,11 @@ def render_run(run: dict) -> str:
     return _page(title, body)
 
 
+def _anchor(run_id: Optional[str], position: int) -> str:
+    """A run's section id; a line that failed before its run was recorded has no id, so use its position."""
+    return f"run-{run_id}" if run_id else f"line-{position}"
+
+
 def render_batch(runs: list[dict], title: str) -> str:
     """Many runs (get_run records, or bare answers) as one page: a summary table, then one section each."""
     summary = []
@@ -227,10 +239,12 @@ def render_batch(runs: list[dict], title: str) -> str:
         run_id = run.get("id") or answer.get("run_id") or ""
         top = f"{rows[0].get('name') or rows[0]['id'][:12]} ({class_text(rows[0])})" if rows else "-"
         question = run.get("input") or answer.get("input") or answer.get("question") or ""
-        summary.append([e(i), f'<a href="#run-{e(run_id)}">{e(question)}</a>', e(top),
+        summary.append([e(i), f'<a href="#{e(_anchor(run_id, i))}">{e(question)}</a>', e(top),
                         _n(rows[0].get("fused") if rows else None, ".4f"), e(run.get("status") or ""),
                         f"<code>{e(run_id[:12])}</code>"])
     body = [f"<h1>{e(title)}</h1>", f"<p>{len(runs)} run(s).</p>",
             _table(("#", "description", "top image", "fused", "status", "run"), summary, "summary")]
-    body += [_run_section(run, open_details=False) for run in runs]
+    for i, run in enumerate(runs, start=1):
+        run_id = run.get("id") or (run.get("answer") or {}).get("run_id")
+        body.append(_run_section(run, open_details=False, anchor=_anchor(run_id, i)))
     return _page(title, "\n".join(body))

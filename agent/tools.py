@@ -58,7 +58,7 @@ def retrieve(
     else:
         first = searcher.by_vector(vec, k, classes)
         matched = {r.id for r in first}
-        rest = [r for r in searcher.by_vector(vec, k) if r.id not in matched]
+        rest = [] if len(first) >= k else [r for r in searcher.by_vector(vec, k) if r.id not in matched]
         cands = _candidates(first + rest, matched)[:k]
     for i, c in enumerate(cands, start=1):
         c["rank"], c["query"] = i, query

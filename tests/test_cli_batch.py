@@ -233,6 +233,20 @@ def test_batch_resumes_after_an_interruption(store_home, tmp_path):
     assert json.loads(r.stdout)["done"] == 0 and len(lines_of(out)) == 5
 
 
+def test_two_batch_runs_cannot_write_one_file(tmp_path):
+    from agent.cli.batch import ResultsWriter
+
+    q, out = tmp_path / "q.txt", tmp_path / "out.jsonl"
+    q.write_text("left ear\n")
+    holder = ResultsWriter(out)
+    try:
+        r = runner.invoke(app, ["batch", str(q), "--out", str(out)])
+        assert r.exit_code == 1 and "another kger batch is writing" in r.output
+    finally:
+        holder.close()
+    assert out.read_text() == ""
+
+
 def test_failing_query_gets_an_error_line_and_is_retried_on_rerun(store_home, tmp_path, monkeypatch):
     from agent.assistant import Assistant
 

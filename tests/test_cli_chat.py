@@ -185,6 +185,8 @@ def conversation(chat_gallery) -> dict:
         screens["cancel"] = term.expect(r"Cancelled\.|" + re.escape(PROMPT) + r"\s*$", mark, timeout=60)
         term.expect(re.escape(PROMPT) + r"\s*$", mark, timeout=60)
         screens["after_cancel"] = term.turn("vocal cords open")
+        screens["no_such"] = term.turn("more like number 9")
+        screens["brackets"] = term.turn("[/x] left ear [red]")
         mark = term.send("\x04")  # Ctrl-D at an empty prompt quits
         status = term.wait()
         screens["end"] = plain(term.raw[mark:])
@@ -249,7 +251,8 @@ def test_why_is_1_first_comes_from_the_trace(conversation):
     screen = s["why"]
     assert f"Why #1 {top['name']}" in screen
     assert top["formula"] in screen  # the Pos-Fuse arithmetic, as recorded
-    assert re.search(r"fused = \(0\.4\*0\.\d{4} \+ 0\.6\*\(0\.6\*0\.\d{4}\+0\.4\*[01]\.\d{3}\)\) / 1 = 0\.\d{4}", screen)
+    posfuse = r"fused = \(0\.4\*0\.\d{4} \+ 0\.6\*\(0\.6\*0\.\d{4}\+0\.4\*[01]\.\d{3}\)\) / 1 = 0\.\d{4}"
+    assert re.search(posfuse, screen)
     assert top["justification"].split(":")[0] in screen  # "Labelled ear-right"
     assert "Per-fold cosine: fold 1" in screen and "fold 2" in screen
     assert re.search(r"Fold agreement: [0-2]/2 folds", screen)
@@ -298,11 +301,22 @@ def test_ctrl_c_cancels_the_turn_not_the_session(conversation):
     assert len(after) == 3 and all(r["class"] == "vc-open" for r in after), after
 
 
+def test_bad_follow_up_and_markup_in_a_description(conversation):
+    s = conversation["screens"]
+    assert "No image found" in s["no_such"] and "there is no image #9 in the previous answer" in s["no_such"]
+    rows = table_rows(s["brackets"])
+    assert "[/x] left ear [red]" in s["brackets"] and len(rows) == 3  # printed as typed, not read as markup
+    assert all(r["class"] == "ear-left" for r in rows), rows
+    for key in ("no_such", "brackets"):
+        assert "Traceback" not in s[key] and "error:" not in s[key]
+
+
 def test_one_thread_per_session_every_turn_traced(conversation):
     runs = _runs(conversation["home"])
     asked = [r["input"] for r in runs if r["input"] != "throat, tonsils"]  # the cancelled turn may have started
     assert asked == ["left ear, tympanic membrane", "only the right side", "more like number 2",
-                     "right ear, tympanic membrane", "nose, left nasal cavity", "left ear", "vocal cords open"]
+                     "right ear, tympanic membrane", "nose, left nasal cavity", "left ear", "vocal cords open",
+                     "more like number 9", "[/x] left ear [red]"]
     assert [r["llm"] for r in runs if r["input"] == "left ear"] == ["gemini"]
     assert {r["kind"] for r in runs} == {"chat"}
     assert len({r["thread_id"] for r in runs}) == 1

@@ -163,6 +163,11 @@ def test_render_batch_links_each_run(tmp_path):
     assert len(page.all("img")) == 9
     assert len(page.all("details")) == 8 and not any("open" in a for a in page.all("details"))
     assert render_batch([], "empty").count("<section") == 0
+    # lines that failed before a run was recorded have no id: each still gets its own anchor
+    failed = [{"id": "", "input": f"q{i}", "status": "error", "error": "boom", "answer": None} for i in range(2)]
+    page = parse(render_batch(failed, "failures"))
+    hrefs = [a["href"] for a in page.all("a")]
+    assert len(set(hrefs)) == 2 and all(h[1:] in page.ids for h in hrefs) and "Error: boom" in page.content
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

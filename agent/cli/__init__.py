@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from agent.cli import ask, bundle, gallery, train
+from agent.cli import ask, bundle, demo, gallery, train
 from agent.cli import batch
 from agent.cli import chat, trace
 from agent.cli.common import KgerGroup
@@ -26,6 +26,7 @@ app.add_typer(trace.app, name="trace")
 app.command("batch")(batch.batch)
 app.command("eval")(batch.evaluate)
 app.command("train")(train.train)
+app.command("demo")(demo.demo)
 
 
 def main() -> None:

@@ -46,20 +46,6 @@ def _report_skipped(what: str, skipped, unit: str) -> None:
 
 # -- the results file --------------------------------------------------------------------------------------
 
-def repair_tail(path: Path) -> bool:
-    """Cut an incomplete last line (a crash mid-write) so the next append starts on a line of its own."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return False
-    with open(path, "rb+") as f:
-        f.seek(-1, os.SEEK_END)
-        if f.read(1) == b"\n":
-            return False
-        f.seek(0)
-        data = f.read()
-        f.truncate(data.rfind(b"\n") + 1)
-    return True
-
-
 def read_results(path: Path) -> tuple[dict[str, dict], list[tuple[int, str]]]:
     """query -> its latest line (a retry after an error replaces the error), and unreadable lines."""
     latest: dict[str, dict] = {}
@@ -83,10 +69,15 @@ def read_results(path: Path) -> tuple[dict[str, dict], list[tuple[int, str]]]:
 
 
 class ResultsWriter:
-    """Appends one JSON line per query, flushed and fsynced, so a crash loses at most the line being written."""
+    """Appends one JSON line per query, flushed and fsynced, so a crash loses at most the line being written.
+
+    Holds an exclusive lock on the file from before it is read until the run ends: two batch runs on one
+    --out would otherwise both answer the missing queries and interleave their lines.
+    """
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self.f = open(path, "a", encoding="utf-8")
         if fcntl is not None:
             try:
@@ -94,6 +85,16 @@ class ResultsWriter:
             except BlockingIOError:
                 self.f.close()
                 raise BatchError(f"another kger batch is writing {path}; wait for it or choose another --out") from None
+        self.repaired = self._repair_tail()
+
+    def _repair_tail(self) -> bool:
+        """Cut an incomplete last line (a crash mid-write) so the next line starts on a line of its own."""
+        with open(self.path, "rb") as f:
+            data = f.read()
+        if not data or data.endswith(b"\n"):
+            return False
+        os.ftruncate(self.f.fileno(), data.rfind(b"\n") + 1)
+        return True
 
     def write(self, doc: dict) -> None:
         from store.redact import record
@@ -175,8 +176,8 @@ def batch(
 ):
     """Answer every query of a file through the whole agent; resumable, one traced run per query.
 
-    A bad line in the query file is reported and skipped; a failing query gets a line with its error and the
-    run goes on; a rerun with the same --out answers only what is missing (and retries failures).
+    Bad lines in the query file are reported and skipped; a failing query gets a line with its error.
+    A rerun with the same --out answers only what is missing, and retries failed queries.
     """
     set_home(home)
     check_llm(llm)
@@ -184,26 +185,25 @@ def batch(
 
     parsed = read_queries(queries)
     _report_skipped("queries", parsed.skipped, parsed.unit)
-    if repair_tail(out):
-        err_console.print(f"[yellow]{out}[/yellow]: dropped an incomplete last line (an interrupted write)")
-    previous, bad_out = read_results(out)
-    for n, why in bad_out:
-        err_console.print(f"[yellow]{out} line {n}[/yellow]: {why}, ignored")
-    done = {q for q, d in previous.items() if not d.get("error")}
-    todo = [q for q in parsed.items if q.text not in done]
-    skipped = len(parsed.items) - len(todo)
-    other = {d.get("llm") for q, d in previous.items() if q in done} - {llm}
-    if skipped and other:
-        err_console.print(f"[yellow]note:[/yellow] {out} already holds answers made with --llm "
-                          f"{', '.join(sorted(map(str, other)))}; they are kept, not redone")
-
     stats = {"done": 0, "failed": 0, "fallback_rows": 0, "fallback_queries": 0, "cache_hits": 0}
     failures = []
-    interrupted = False
-    if todo:
-        assistant = _assistant(store, chroma_url, llm, k, pool, concurrency)
-        writer = ResultsWriter(out)
-        try:
+    interrupted, skipped = False, 0
+    writer = ResultsWriter(out)
+    try:
+        if writer.repaired:
+            err_console.print(f"[yellow]{out}[/yellow]: dropped an incomplete last line (an interrupted write)")
+        previous, bad_out = read_results(out)
+        for n, why in bad_out:
+            err_console.print(f"[yellow]{out} line {n}[/yellow]: {why}, ignored")
+        done = {q for q, d in previous.items() if not d.get("error")}
+        todo = [q for q in parsed.items if q.text not in done]
+        skipped = len(parsed.items) - len(todo)
+        other = {d.get("llm") for q, d in previous.items() if q in done} - {llm}
+        if skipped and other:
+            err_console.print(f"[yellow]note:[/yellow] {out} already holds answers made with --llm "
+                              f"{', '.join(sorted(map(str, other)))}; they are kept, not redone")
+        if todo:
+            assistant = _assistant(store, chroma_url, llm, k, pool, concurrency)
             with progress(disable=json_out) as bar:
                 task = bar.add_task("Answering", total=len(todo))
                 for q in todo:
@@ -222,10 +222,10 @@ def batch(
                         stats["cache_hits"] += sum(1 for r in doc["rows"] if r.get("cached"))
                     writer.write(doc)
                     bar.advance(task)
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            writer.close()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        writer.close()
 
     results, _ = read_results(out)
     in_order = [results[q.text] for q in parsed.items if q.text in results]
@@ -323,7 +323,7 @@ def evaluate(
                                    help="Candidates per query; every stage is ranked over these.")] = 20,
     labels: Annotated[Optional[Path], typer.Option(
         "--labels", help="cls.json or CSV giving each image's class for class-level ground truth "
-                         "[default: the labels the store was indexed with].")] = None,
+                         "(default: the labels the store was indexed with).")] = None,
     tune_fusion: Annotated[bool, typer.Option(
         "--tune-fusion", help="Search fusion settings on one half of the queries, report them on the other.")] = False,
     split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of the tune/test split.")] = 0,
@@ -335,8 +335,8 @@ def evaluate(
 ):
     """Recall@1/5/10, MRR and nDCG@10 for each stage (ensemble, agent retrieval, judge, fused), with deltas.
 
-    One traced agent run per query gives every stage: the answer keeps all K candidates with their retrieval
-    rank and judge score. Queries whose relevant images are not in the store are listed and left out.
+    One traced agent run per query gives every stage (its answer keeps all K candidates and their scores).
+    Queries whose relevant images are not in the store are listed and left out.
     """
     set_home(home)
     check_llm(llm)

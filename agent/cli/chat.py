@@ -11,9 +11,8 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Callable, Optional
 
-import typer
 from rich.console import Console
 from rich.text import Text
 
@@ -34,8 +33,9 @@ Follow-ups keep the conversation:
   [bold]why is 1 first?[/bold]           the arithmetic and the reasons behind #1, from the trace
 Commands:
   [bold]/k N[/bold]  images per answer     [bold]/llm offline|gemini[/bold]  switch planner and judge
-  [bold]/trace[/bold]  the last run's trace   [bold]/open N[/bold]  path of image N   [bold]/help[/bold]   [bold]/quit[/bold]
-Ctrl-C cancels the current turn; Ctrl-D quits."""
+  [bold]/trace[/bold]  the last run's trace   [bold]/open N[/bold]  path of image N
+  [bold]/help[/bold]  this text               [bold]/quit[/bold]  leave (or Ctrl-D)
+Ctrl-C cancels the current turn."""
 
 _SHOW = re.compile(r"^\s*show\s+(?:me\s+)?(\d+)(?:\s+(?:more\s+)?(?:images?|results?|pictures?))?\s*[.!]?\s*$", re.I)
 _WHY = re.compile(r"^\s*why\s+(?:is\s+|was\s+|are\s+)?(?:(?:image|number|no\.?)\s*|#\s*)?(\d+)\b[^\n]*$", re.I)
@@ -68,6 +68,16 @@ def setup_readline() -> Optional[Callable[[], None]]:
             err_console.print(f"[dim]could not save the chat history to {path}: {e}[/dim]")
 
     return save
+
+
+def _markup_safe(answer: dict) -> dict:
+    """The answer with its free text escaped for rich markup: a description or an LLM's justification may
+    hold brackets ('[/x]' would even raise), and answer_table renders them as markup."""
+    from rich.markup import escape
+
+    rows = [{**r, **{k: escape(r[k]) for k in ("justification", "fallback", "demoted") if isinstance(r.get(k), str)}}
+            for r in answer.get("rows") or []]
+    return {**answer, "question": escape(str(answer.get("question") or "")), "rows": rows}
 
 
 class ChatSession:
@@ -103,7 +113,7 @@ class ChatSession:
         return True
 
     def hint(self, message: str) -> None:
-        self.err.print(f"[yellow]{message}[/yellow]", highlight=False)
+        self.err.print(Text(message, style="yellow"))  # never markup: it may quote the user's input
 
     # -- turns through the graph ---------------------------------------------------------------
     def ask(self, text: str) -> None:
@@ -115,12 +125,12 @@ class ChatSession:
     def print_answer(self, answer: dict) -> None:
         rows = answer.get("rows") or []
         if rows:
-            self.console.print(answer_table(answer))
+            self.console.print(answer_table(_markup_safe(answer)))
             self.print_thumbnails(rows)
         else:
-            self.console.print(f"No image found for {answer.get('question')!r}.")
+            self.console.print(Text(f"No image found for {answer.get('question')!r}."))
             for error in self._tool_errors(answer.get("run_id")):
-                self.hint(error)
+                self.hint(error.splitlines()[0] if error.strip() else error)
         self.console.print(f"run {answer['run_id']}  [dim](why is 1 first? /trace, /open N)[/dim]")
 
     def print_thumbnails(self, rows: list[dict]) -> None:
@@ -205,7 +215,7 @@ class ChatSession:
         elif name == "open":
             rows = (self.last or {}).get("rows") or []
             if not arg.isdigit() or not 1 <= int(arg) <= len(rows):
-                self.hint(f"Usage: /open N, with N from 1 to {len(rows)}." if rows else "No answer yet.")
+                self.hint(f"Usage: /open N, with N from 1 to {len(rows)}." if rows else "The last answer has no image.")
             else:
                 self.console.print(Text(str(rows[int(arg) - 1]["path"])), soft_wrap=True)
         else:

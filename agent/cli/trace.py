@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.cli.common import HomeOpt, JsonOpt, err_console, out_console, print_json, set_home
-from agent.report import class_text, event_payloads, fmt_num
+from agent.report import call_text, class_text, event_payloads, fmt_num
 
 app = typer.Typer(help="Inspect stored runs: what each step saw, scored and decided (no model is called).",
                   no_args_is_help=True)
@@ -92,11 +92,6 @@ def _kv(**items: Any) -> Text:
     return t
 
 
-def _call_text(call: dict) -> str:
-    args = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in (call.get("args") or {}).items())
-    return f"{call.get('name')}({args})"
-
-
 def _candidates_table(cands: list[dict], limit: Optional[int] = None) -> Table:
     t = Table(show_lines=False, title_justify="left")
     for col, just in (("#", "right"), ("image", "left"), ("class", "left"), ("cosine", "right"),
@@ -105,8 +100,8 @@ def _candidates_table(cands: list[dict], limit: Optional[int] = None) -> Table:
     for c in cands[:limit]:
         folds = " ".join(f"{s:.3f}" for s in c.get("fold_scores") or []) or "-"
         match = {True: "match", False: "outside", None: ""}[c.get("filter_match")]
-        t.add_row(str(c.get("rank")), c.get("name") or c["id"][:12], class_text(c), fmt_num(c.get("score")), folds, match,
-                  c.get("query") or "")
+        t.add_row(str(c.get("rank")), c.get("name") or c["id"][:12], class_text(c), fmt_num(c.get("score")), folds,
+                  match, c.get("query") or "")
     return t
 
 
@@ -142,8 +137,8 @@ def _fuse_table(table: list[dict], by_id: dict[str, dict]) -> Table:
         if r.get("demoted"):
             formula += f"  [ranked last: {r['demoted']}]"
         t.add_row(str(i), _short(r.get("id"), by_id), fmt_num(r.get("retrieval_rank"), "d"),
-                  fmt_num(r.get("judge_rank"), "d"), fmt_num(r.get("judge_score"), ".2f"), fmt_num(r.get("final"), ".4f"),
-                  Text(formula))
+                  fmt_num(r.get("judge_rank"), "d"), fmt_num(r.get("judge_score"), ".2f"),
+                  fmt_num(r.get("final"), ".4f"), Text(formula))
     return t
 
 
@@ -170,7 +165,7 @@ def run_view(run: dict, short: bool = False) -> RenderableType:
     if plan is not None:
         parts += [_h("Plan"), _kv(planner=plan.get("planner"), fallback=plan.get("fallback") or "none",
                                    ms=plan.get("ms"))]
-        parts += [Text(f"- {_call_text(c)}") for c in plan.get("tool_calls", [])]
+        parts += [Text(f"- {call_text(c)}") for c in plan.get("tool_calls", [])]
     ret = ev.get("retrieve/candidates")
     if ret is not None:
         cands = ret.get("candidates", [])
@@ -197,8 +192,8 @@ def run_view(run: dict, short: bool = False) -> RenderableType:
     answer = run.get("answer") or {}
     if answer.get("rows") and not short:
         parts.append(_h("Answer"))
-        parts += [Text(f"#{r['rank']} {r.get('name') or r['id'][:12]}  {class_text(r)}  fused {fmt_num(r.get('fused'), '.4f')}")
-                  for r in answer["rows"]]
+        parts += [Text(f"#{r['rank']} {r.get('name') or r['id'][:12]}  {class_text(r)}  "
+                       f"fused {fmt_num(r.get('fused'), '.4f')}") for r in answer["rows"]]
     parts += [_h("Timings"), _timings(run.get("timings"))]
     return Group(*parts)
 
@@ -234,8 +229,13 @@ def explain_rank(run: dict, rank: int) -> RenderableType:
                       f"{fmt_num(row.get('judge'), '.2f')} ({_verdict_status(verdict or row)}): "
                       f"{verdict.get('justification') or row.get('justification') or ''}"))
     raw = verdict.get("raw")
-    lines.append(Text(f"Judge's raw answer: {raw}" if raw else "Judge's raw answer: none (the offline judge "
-                      "computes its score; it has no text answer)", style="dim" if not raw else ""))
+    if raw:
+        lines.append(Text(f"Judge's raw answer: {raw}"))
+    elif judge == "offline":
+        lines.append(Text("Judge's raw answer: none (the offline judge computes its score; it writes no text)",
+                          style="dim"))
+    else:
+        lines.append(Text("Judge's raw answer: none recorded", style="dim"))
     folds = row.get("fold_scores") or []
     ranks = fold_ranks(cands, row["id"])
     if folds:
@@ -275,7 +275,8 @@ def parse_when(value: Optional[str], end_of_day: bool = False) -> Optional[datet
 @app.command("list")
 def list_cmd(
     count: Annotated[int, typer.Option("-n", "--count", min=0, help="How many runs, newest first (0 = all).")] = 3,
-    since: Annotated[Optional[str], typer.Option("--since", help="Runs started at or after DATE (or 30m, 2h, 7d ago).")] = None,
+    since: Annotated[Optional[str], typer.Option(
+        "--since", help="Runs started at or after DATE (or 30m, 2h, 7d ago).")] = None,
     until: Annotated[Optional[str], typer.Option("--until", help="Runs started at or before DATE.")] = None,
     query: Annotated[Optional[str], typer.Option("--query", "-q", help="Only runs whose input contains TEXT.")] = None,
     home: HomeOpt = None,
@@ -310,7 +311,7 @@ def show(
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ):
-    """One run step by step: input, tool calls, candidates with per-fold scores, judge answers, the Pos-Fuse arithmetic."""
+    """One run step by step: input, tool calls, candidates with per-fold scores, judge answers, Pos-Fuse arithmetic."""
     set_home(home)
     run = load_run(run_id)
     if json_out:
@@ -323,8 +324,8 @@ def show(
 def export(
     run_id: Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="json | html (one self-contained page)")] = "json",
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="File to write [default: stdout for json, "
-                                                "kger-run-ID.html for html].")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="File to write (default: stdout for json, "
+                                                "kger-run-ID.html in this folder for html).")] = None,
     home: HomeOpt = None,
 ):
     """Export one run's full record, as JSON or as an HTML page with the images inlined."""

@@ -1,0 +1,80 @@
+"""Latency of one offline `ask` turn (plan -> retrieve -> judge -> fuse -> answer) on a large store.
+
+    python bench/agent_latency.py [--folds 10] [--store-size 10000] [--turns 40]
+
+Builds a 10-fold untrained bundle, a store of `--store-size` vectors (the real ENTRep images when present,
+the rest random unit vectors with random labels), then times turns with the offline planner and judge,
+traces on (SQLite) and an in-memory checkpointer. Prints p50 / p95 and each node's share.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+QUESTIONS = ["white discharge in the left ear canal", "right tympanic membrane perforation", "closed vocal cords",
+             "left nasal cavity with polyp", "tonsils and uvula", "open glottis during inspiration",
+             "R nasal septum deviation", "AS retracted eardrum"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--folds", type=int, default=10)
+    ap.add_argument("--store-size", type=int, default=10000)
+    ap.add_argument("--turns", type=int, default=40)
+    args = ap.parse_args()
+
+    home = Path(tempfile.mkdtemp())
+    os.environ["KGER_HOME"] = str(home)
+    from agent.assistant import Assistant
+    from retrieval.bundle import init_bundle, load_bundle
+    from retrieval.lexicon import CLASSES
+    from retrieval.search import Searcher
+    from store.gallery import Gallery
+    from store.traces import TraceDB
+
+    init_bundle(home / "bundle", folds=args.folds)
+    ens = load_bundle(home / "bundle")
+    g = Gallery.open("default", create=True)
+    g.bind_bundle(ens.fingerprint, ens.path, ens.dim)
+    rng = np.random.default_rng(0)
+    n = args.store_size
+    vecs = rng.standard_normal((n, ens.dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    labels = rng.choice(CLASSES, size=n)
+    for s in range(0, n, 2000):
+        ids = range(s, min(n, s + 2000))
+        g.upsert([f"img{i:06d}" for i in ids], vecs[s:s + 2000],
+                 [{"path": f"/gallery/{i}.png", "name": f"{i}.png", "label": str(labels[i]), "cls": str(labels[i])}
+                  for i in ids])
+    print(f"store: {g.count()} vectors x {ens.dim}-d; bundle: {args.folds} folds")
+    assistant = Assistant(searcher=Searcher(ens, g), llm="offline", k=5, pool=20, traces=TraceDB(home / "traces.db"))
+    for q in QUESTIONS[:3]:
+        assistant.ask(q)  # warm-up
+    totals, nodes = [], {}
+    for i in range(args.turns):
+        ans = assistant.ask(QUESTIONS[i % len(QUESTIONS)])
+        totals.append(ans["timings"]["total"])
+        for node, ms in ans["timings"].items():
+            if node != "total":
+                nodes.setdefault(node, []).append(ms)
+    p50, p95 = statistics.median(totals), statistics.quantiles(totals, n=20)[18]
+    print(f"offline ask turn: p50 {p50:.1f} ms, p95 {p95:.1f} ms over {args.turns} turns (goal: p50 < 100 ms)")
+    whole = sum(statistics.median(v) for v in nodes.values())
+    for node, v in nodes.items():
+        print(f"  {node:8s} p50 {statistics.median(v):7.1f} ms  ({100 * statistics.median(v) / whole:4.1f} %)")
+    g.close()
+
+
+if __name__ == "__main__":
+    main()
