@@ -121,6 +121,8 @@ def _judge_question(question: str, calls: list[dict], previous: Optional[dict]) 
         judge_q = with_side(prev_q, p.side)
     else:
         judge_q = f"{prev_q} ({question.strip()})" if refines else question
+    if any(c["name"] == "similar" for c in calls):  # "more like #2" stays within what the conversation asked
+        return judge_q, dict((previous or {}).get("constraints") or {})
     constraints: dict = {}
     retrieves = [c["args"] for c in calls if c["name"] == "retrieve"]
     for key in ("region", "side", "state"):

@@ -79,10 +79,11 @@ def similar(image: str, answer: Annotated[Optional[dict], InjectedState("answer"
         ref = rows[n - 1]["id"]
     from pathlib import Path
 
-    results = searcher.image(ref, k=k) if Path(ref).is_file() else searcher.like(ref, k=k)
-    cands = _candidates(results)
-    for c in cands:
-        c["query"] = f"like {image}"
+    results = searcher.image(ref, k=k + 1) if Path(ref).is_file() else searcher.like(ref, k=k + 1)
+    reference = results[0].id if results and results[0].score > 0.9999 else None
+    cands = _candidates([r for r in results if r.id != reference][:k])  # "more like #2" means other images
+    for i, c in enumerate(cands, start=1):
+        c["rank"], c["query"] = i, f"like {image}"
     return _summary(cands), cands
 
 

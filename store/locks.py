@@ -41,7 +41,7 @@ _POLL_S = 0.05
 
 
 def _try_flock(fd: int, exclusive: bool) -> bool:
-    if True:
+    if fcntl is None:
         return True
     try:
         fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)

@@ -233,6 +233,28 @@ def test_batch_resumes_after_an_interruption(store_home, tmp_path):
     assert json.loads(r.stdout)["done"] == 0 and len(lines_of(out)) == 5
 
 
+def test_ctrl_c_keeps_finished_lines_and_a_rerun_finishes(store_home, tmp_path, monkeypatch):
+    from agent.assistant import Assistant
+
+    real_ask = Assistant.ask
+
+    def interrupted(self, question, *a, **kw):
+        if question == "throat":
+            raise KeyboardInterrupt
+        return real_ask(self, question, *a, **kw)
+
+    q, out = tmp_path / "q.txt", tmp_path / "out.jsonl"
+    q.write_text("left ear\nthroat\nright ear\n")
+    monkeypatch.setattr(Assistant, "ask", interrupted)
+    r = kger("batch", str(q), "--out", str(out), "--json", home=store_home)
+    assert r.exit_code == 130 and json.loads(r.stdout)["interrupted"] is True
+    assert [d["query"] for d in lines_of(out)] == ["left ear"]
+    monkeypatch.setattr(Assistant, "ask", real_ask)
+    r = kger("batch", str(q), "--out", str(out), "--json", home=store_home)
+    assert r.exit_code == 0 and json.loads(r.stdout)["skipped"] == 1
+    assert [d["query"] for d in lines_of(out)] == ["left ear", "throat", "right ear"]
+
+
 def test_two_batch_runs_cannot_write_one_file(tmp_path):
     from agent.cli.batch import ResultsWriter
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from agent.cli.common import (
@@ -29,19 +30,19 @@ def check_llm(llm: str) -> str:
 
 
 def answer_table(answer: dict) -> Table:
-    t = Table(title=f"{answer.get('question', '')}", title_justify="left", show_lines=False)
+    t = Table(title=escape(answer.get("question", "")), title_justify="left", show_lines=False)
     for col, just in (("#", "right"), ("image", "left"), ("class", "left"), ("retrieval", "right"),
                       ("judge", "right"), ("fused", "right"), ("why", "left")):
         t.add_column(col, justify=just, overflow="fold")
     for r in answer.get("rows", []):
         cls = r.get("label") or (f"{r['predicted']}? {r['predicted_prob']:.2f}" if r.get("predicted") else "-")
-        why = r.get("justification", "")
+        why = escape(r.get("justification", ""))  # model and user text is never markup
         if r.get("fallback"):
-            why += f" [dim](offline judge: {r['fallback']})[/dim]"
+            why += f" [dim](offline judge: {escape(r['fallback'])})[/dim]"
         if r.get("demoted"):
-            why += f" [dim](ranked last: {r['demoted']})[/dim]"
+            why += f" [dim](ranked last: {escape(r['demoted'])})[/dim]"
         judge = "-" if r.get("judge") is None else f"{r['judge']:.2f}"
-        t.add_row(str(r["rank"]), r.get("name") or r["id"][:12], cls, f"{r['retrieval']:.3f}", judge,
+        t.add_row(str(r["rank"]), escape(r.get("name") or r["id"][:12]), escape(cls), f"{r['retrieval']:.3f}", judge,
                   f"{r['fused']:.3f}", why)
     return t
 

@@ -39,9 +39,14 @@ def _assistant(store: str, chroma_url: Optional[str], llm: str, k: int, pool: in
     return open_assistant(store, chroma_url, llm, k, pool=pool, **kw)
 
 
+SHOWN = 20  # entries listed on stderr before "... and N more"; --json lists all
+
+
 def _report_skipped(what: str, skipped, unit: str) -> None:
-    for s in skipped:
+    for s in skipped[:SHOWN]:
         err_console.print(f"[yellow]{what} {unit} {s.line}[/yellow]: {s.reason}, skipped")
+    if len(skipped) > SHOWN:
+        err_console.print(f"... and {len(skipped) - SHOWN} more {what} {unit}s skipped (all listed in --json)")
 
 
 # -- the results file --------------------------------------------------------------------------------------
@@ -353,8 +358,10 @@ def evaluate(
     assistant = _assistant(store, chroma_url, llm, k, k, concurrency)
     records_meta = assistant.searcher.gallery.all_metadata()
     resolved, excluded = ev.resolve_truth(parsed.items, records_meta, label_map)
-    for x in excluded:
+    for x in excluded[:SHOWN]:
         err_console.print(f"[yellow]excluded[/yellow] {parsed.unit} {x['line']} {x['query']!r}: {x['reason']}")
+    if len(excluded) > SHOWN:
+        err_console.print(f"... and {len(excluded) - SHOWN} more excluded (all listed in --json)")
     if not resolved:
         raise BatchError(f"none of the {len(parsed.items)} queries in {gt} has a relevant image in store '{store}'")
     store_labels = sum(1 for _, m in records_meta if m.get("label"))

@@ -17,7 +17,7 @@ err_console = Console(stderr=True, highlight=False)
 
 HomeOpt = Annotated[
     Optional[Path],
-    typer.Option("--home", envvar="KGER_HOME", help="Folder for stores, bundles, traces and caches [default: ~/.kger]."),
+    typer.Option("--home", envvar="KGER_HOME", help="Folder for stores, bundles, traces and caches \\[default: ~/.kger]."),
 ]
 StoreOpt = Annotated[str, typer.Option("--store", help="Name of the image store (gallery) to use.")]
 ChromaUrlOpt = Annotated[

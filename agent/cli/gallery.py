@@ -26,6 +26,7 @@ def index(
     bundle: Annotated[Path, typer.Option("--bundle", help="Bundle directory (kger bundle init / kger train).")],
     labels: Annotated[Optional[Path], typer.Option(
         "--labels", help="cls.json (image -> class) or CSV (image,label). Default: a cls.json beside the images.")] = None,
+    no_labels: Annotated[bool, typer.Option("--no-labels", help="Store no labels (a blind gallery; the classifier head still predicts).")] = False,
     store: StoreOpt = "default",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=512, help="Images encoded per batch.")] = 16,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each stored batch to stderr.")] = False,
@@ -48,7 +49,9 @@ def index(
 
     if not images.exists():
         raise FileNotFoundError(f"no such image folder or file: {images}")
-    labels = labels or _default_labels(images)
+    if no_labels and labels:
+        raise typer.BadParameter("--labels and --no-labels exclude each other")
+    labels = None if no_labels else (labels or _default_labels(images))
     label_map = read_labels(labels) if labels else {}
     if labels:
         err_console.print(f"Labels: {len(label_map)} from {labels}")
