@@ -188,3 +188,20 @@ def test_kill_9_mid_index_then_rerun_gives_each_image_once(entrep_train, bundle2
     names = [m["name"] for _, m in g.all_metadata()]
     g.close()
     assert len(names) == len(set(names)) == unique
+
+
+def test_index_search_and_ask_through_a_chroma_server(chroma_server, entrep_train, bundle2, tmp_path, monkeypatch):
+    """--chroma-url / KGER_CHROMA_URL: the same commands against a real `chroma run` on loopback."""
+    home = tmp_path / "home"
+    r = runner.invoke(app, ["index", str(entrep_train / "imgs"), "--bundle", str(bundle2), "--home", str(home),
+                            "--store", "cli-srv", "--chroma-url", chroma_server, "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["count"] == _unique_contents(entrep_train / "imgs")
+    assert not (home / "stores" / "cli-srv").exists()  # nothing embedded was made
+    monkeypatch.setenv("KGER_CHROMA_URL", chroma_server)
+    first = sorted((entrep_train / "imgs").glob("*.png"))[0]
+    doc = json.loads(kger("search", "--image", str(first), "--store", "cli-srv", "--json", home=home).stdout)
+    assert doc["results"][0]["name"] == first.name
+    r = kger("ask", "left ear", "--store", "cli-srv", "--k", "3", "--json", home=home)
+    assert r.exit_code == 0, r.output
+    assert [row["label"] for row in json.loads(r.stdout)["rows"]] == ["ear-left"] * 3
