@@ -79,10 +79,10 @@ class TrainConfig:
     embed_dim: int = 64
     image_size: int = 224
     # optimizer
-    epochs: int = 40  # passes over a fold's training images (one random cached view each)
+    epochs: int = 50  # passes over a fold's training images (one random cached view each)
     batch_size: int = 32
-    lr: float = 2e-3  # projections and classifier head
-    backbone_lr: float = 2e-4  # trainable layers of both towers
+    lr: float = 1e-2  # projections, classifier head, temperature
+    backbone_lr: float = 1e-3  # trainable layers of both towers
     weight_decay: float = 0.05
     warmup_steps: int = 10  # linear warm-up, then cosine decay
     min_lr_ratio: float = 0.1  # decay to lr * this at the last step
