@@ -16,11 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import retrieval  # noqa: E402,F401  (first: sets the OpenMP wait policy before torch loads)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 

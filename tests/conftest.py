@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import retrieval  # noqa: F401  (first: sets the OpenMP wait policy before any test imports torch)
+
 ROOT = Path(__file__).resolve().parents[1]
 ENTREP = Path(os.environ.get("KGER_ENTREP_DIR", ROOT.parent / "shared" / "data" / "entrep"))
 ENTREP_TRAIN = ENTREP / "train"
