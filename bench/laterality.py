@@ -7,7 +7,7 @@ for three models trained on the same 42 images in one run:
   2. pool=lr_split, K folds  (after: side-aware pooling, mirrored views with the side swapped)
   3. pool=lr_split, K=1      (one model trained on all 42 images: DESIGN.md asks whether folds lose too much)
 
-    python bench/laterality.py [--folds 5] [--epochs 50] [--views 8] [--keep DIR]
+    python bench/laterality.py [--folds 5] [--epochs 50] [--views 8] [--seeds 0,1,2] [--keep DIR]
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=None, help="default: the trainer's")
     ap.add_argument("--views", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma-separated: one train/held-out split and init per seed")
     ap.add_argument("--keep", default=None, help="keep the bundles in this folder (default: a temp folder)")
     args = ap.parse_args()
     src = Path(args.data)
@@ -43,33 +43,41 @@ def main() -> None:
         print(f"skipped: no ENTRep training data at {src}")
         return
     labels = json.loads((src / "cls.json").read_text())
-    train, held = split_per_class(labels, src / "imgs", n_train=6, seed=args.seed)
     quiet = Console(stderr=True, quiet=True)
-
     runs = [("pool=avg", dict(pool="avg"), args.folds), ("pool=lr_split", dict(pool="lr_split"), args.folds),
             ("pool=lr_split, one model", dict(pool="lr_split"), 1)]
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="kger-laterality-"))
-    data = write_entrep_layout(work / "train", train, src / "imgs")
-    print(f"{len(train)} training images (6 per class), {len(held)} held-out gallery images; "
-          f"K={args.folds}, views={args.views}, seed={args.seed}\n")
+    extra = {"epochs": args.epochs} if args.epochs else {}
     summary = []
-    for i, (name, overrides, k) in enumerate(runs):
-        out = work / f"bundle-{i}"
-        t = time.time()
-        extra = {"epochs": args.epochs} if args.epochs else {}
-        manifest = train_from_path(data, out, folds=k, seed=args.seed, views=args.views, progress=False,
-                                   console=quiet, **overrides, **extra)
-        seconds = time.time() - t
-        ens = load_bundle(out)
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        train, held = split_per_class(labels, src / "imgs", n_train=6, seed=seed)
+        data = write_entrep_layout(work / f"seed{seed}" / "train", train, src / "imgs")
         names = sorted(held)
-        rows, acc = class_search(ens, held, src / "imgs", encoded=encode_gallery(ens, [src / "imgs" / n for n in names]))
-        title = f"{name}, K={manifest['folds']} ({seconds:.0f} s to train)"
-        print(format_rows(rows, acc, title=title) + "\n")
-        summary.append((name, manifest["folds"], int(sum(r.r1 for r in rows)), float(np.mean([r.p3 for r in rows])),
-                        sum(r.lr_confusions for r in rows), acc))
-    print(f"{'model':26s} {'K':>2s} {'class R@1':>9s} {'P@3':>5s} {'L/R in top 3':>12s} {'head acc':>8s}")
-    for name, k, hits, p3, lr, acc in summary:
-        print(f"{name:26s} {k:2d} {hits:>7d}/7 {p3:5.2f} {lr:12d} {acc if acc is not None else float('nan'):8.2f}")
+        print(f"seed {seed}: {len(train)} training images (6 per class), {len(held)} held-out gallery images; "
+              f"K={args.folds}, views={args.views}\n")
+        for i, (name, overrides, k) in enumerate(runs):
+            out = work / f"seed{seed}" / f"bundle-{i}"
+            t = time.time()
+            manifest = train_from_path(data, out, folds=k, seed=seed, views=args.views, progress=False,
+                                       console=quiet, **overrides, **extra)
+            seconds = time.time() - t
+            ens = load_bundle(out)
+            gallery = encode_gallery(ens, [src / "imgs" / n for n in names])
+            rows, acc = class_search(ens, held, src / "imgs", encoded=gallery)
+            print(format_rows(rows, acc, title=f"{name}, K={manifest['folds']}, seed {seed} "
+                                                f"({seconds:.0f} s to train)") + "\n")
+            summary.append((name, manifest["folds"], seed, int(sum(r.r1 for r in rows)),
+                            float(np.mean([r.p3 for r in rows])), sum(r.lr_confusions for r in rows), acc))
+
+    print(f"{'model':26s} {'K':>2s} {'seed':>4s} {'class R@1':>9s} {'P@3':>5s} {'L/R in top 3':>12s} {'head acc':>8s}")
+    for name, k, seed, hits, p3, lr, acc in summary:
+        print(f"{name:26s} {k:2d} {seed:4d} {hits:>7d}/7 {p3:5.2f} {lr:12d} {acc:8.2f}")
+    if len({s[2] for s in summary}) > 1:
+        for name, _, k in runs:
+            mine = [s for s in summary if s[0] == name]
+            print(f"{name:26s} {k:2d} {'mean':>4s} {np.mean([s[3] for s in mine]):7.2f}/7 "
+                  f"{np.mean([s[4] for s in mine]):5.2f} {np.mean([s[5] for s in mine]):12.2f} "
+                  f"{np.mean([s[6] for s in mine]):8.2f}")
     if not args.keep:
         print(f"\n(bundles in {work}; pass --keep DIR to choose where)")
 

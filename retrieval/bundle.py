@@ -51,8 +51,29 @@ def write_fold(ens: FoldEnsemble, out: Path, f: int) -> str:
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / (fold_file(f) + ".tmp")
     save_file(fold_state(ens, f), str(tmp))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # readable like the manifest, so a bundle can be shared
     os.replace(tmp, out / fold_file(f))
     return _sha256(out / fold_file(f))
+
+
+def load_fold(ens: FoldEnsemble, path: str | Path, f: int) -> None:
+    """Put one fold's stored weights back into the ensemble (the inverse of `fold_state`)."""
+    fp = Path(path) / fold_file(f)
+    try:
+        state = load_file(str(fp))
+    except Exception as e:  # safetensors raises several types for damaged files
+        raise BundleError(f"bundle file {fp} cannot be read: {e}") from e
+    image = {k[6:]: v for k, v in state.items() if k.startswith("image.")}
+    text = {k[5:]: v for k, v in state.items() if k.startswith("text.")}
+    try:
+        ens.image_tops[f].load_state_dict(image)
+        ens.text_tops[f].load_state_dict(text)
+    except RuntimeError as e:
+        raise BundleError(f"bundle file {fp} does not fit the manifest's architecture: {e}") from e
+    with torch.no_grad():
+        ens.logit_scale[f] = state["logit_scale"][0]
 
 
 def fingerprint(manifest: dict) -> str:
@@ -70,11 +91,17 @@ def save_bundle(
     data_hash: str | None = None,
     extra: dict | None = None,
     folds_written: Sequence[int] | None = None,
+    folds: int | None = None,
 ) -> dict:
-    """Write every fold (or reuse `folds_written`' files already on disk) and then the manifest, last."""
+    """Write every fold (or reuse `folds_written`' files already on disk) and then the manifest, last.
+
+    `folds`: only the first N folds, a usable partial bundle while training is still running."""
     out = Path(out)
+    n = ens.folds if folds is None else folds
+    if not 1 <= n <= ens.folds:
+        raise ValueError(f"folds must be in 1..{ens.folds}")
     files = {}
-    for f in range(ens.folds):
+    for f in range(n):
         path = out / fold_file(f)
         files[fold_file(f)] = _sha256(path) if folds_written and f in folds_written and path.exists() else write_fold(ens, out, f)
     manifest: dict[str, Any] = {
@@ -82,11 +109,11 @@ def save_bundle(
         "format_version": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "spec": ens.spec.to_dict(),
-        "folds": ens.folds,
+        "folds": n,
         "seed": ens.seed,
-        "fold_seeds": [ens.fold_seed(f) for f in range(ens.folds)],
+        "fold_seeds": [ens.fold_seed(f) for f in range(n)],
         "embed_dim": ens.spec.embed_dim,
-        "dim": ens.dim,
+        "dim": ens.spec.embed_dim * n,
         "shared_hash": ens.shared_hash(),
         "classes": ens.classes,
         "trained": trained,
@@ -143,19 +170,7 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> FoldEnsemble:
             raise BundleError(f"bundle {path} is missing {name}")
         if verify and _sha256(fp) != manifest["files"].get(name):
             raise BundleError(f"bundle file {fp} is corrupt (checksum differs from the manifest)")
-        try:
-            state = load_file(str(fp))
-        except Exception as e:  # safetensors raises several types for damaged files
-            raise BundleError(f"bundle file {fp} cannot be read: {e}") from e
-        image = {k[6:]: v for k, v in state.items() if k.startswith("image.")}
-        text = {k[5:]: v for k, v in state.items() if k.startswith("text.")}
-        try:
-            ens.image_tops[f].load_state_dict(image)
-            ens.text_tops[f].load_state_dict(text)
-        except RuntimeError as e:
-            raise BundleError(f"bundle file {fp} does not fit the manifest's architecture: {e}") from e
-        with torch.no_grad():
-            ens.logit_scale[f] = state["logit_scale"][0]
+        load_fold(ens, path, f)
     ens.manifest = manifest
     ens.path = str(path.resolve())
     ens.fingerprint = manifest["fingerprint"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from PIL import Image
 
 from retrieval.ensemble import FoldEnsemble
 from retrieval.preprocess import circle_crop, load_image
@@ -83,7 +84,7 @@ def view_texts(items: Sequence[Item], flip: bool) -> list[str]:
     return list(dict.fromkeys(texts))
 
 
-def load_field(item: Item) -> "object":
+def load_field(item: Item) -> Image.Image:
     return circle_crop(load_image(item.path))
 
 
@@ -120,8 +121,11 @@ def build_view_cache(
             feats.append(ens.image_features(x).half())
             pending.clear()
 
-    with ThreadPoolExecutor(max_workers=1) as pool:  # decoding overlaps the trunk's forward passes
-        for x in pool.map(inputs, items):
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the next image is decoded while the trunk runs
+        ahead = pool.submit(inputs, items[0]) if items else None
+        for i in range(len(items)):
+            x = ahead.result()
+            ahead = pool.submit(inputs, items[i + 1]) if i + 1 < len(items) else None  # one ahead: bounded memory
             pending.append(x)
             if sum(len(p) for p in pending) >= batch:
                 flush()

@@ -175,6 +175,10 @@ def _read_entrep(root: Path) -> Raw:
             for name in [target] if isinstance(target, str) else list(target or []):
                 descs.setdefault(_basename(str(name)), []).append(text)
     names = sorted(set(labels) | set(descs))
+    unused = sum(1 for p in imgs.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in labels
+                 and p.name not in descs)
+    if unused:
+        log.warning("%d images in %s are in neither cls.json nor t2i.json and are left out", unused, imgs)
     return [(imgs / n, labels.get(n), descs.get(n, [])) for n in names]
 
 

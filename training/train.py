@@ -33,22 +33,22 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
-from safetensors.torch import load_file
 
-from retrieval.bundle import MANIFEST, fold_file, read_manifest, save_bundle, write_fold
+from retrieval.bundle import MANIFEST, BundleError, fold_file, load_fold, read_manifest, save_bundle, write_fold
 from retrieval.ensemble import FoldEnsemble
 from retrieval.metrics import summarize
 from retrieval.nanoclip import NanoCLIPSpec
+from retrieval.weights import WeightsUnavailable
 from training.augment import AugmentConfig
 from training.cache import TextCache, ViewCache, build_text_cache, build_view_cache, view_texts
 from training.data import Dataset, load_dataset
 from training.folds import assign_folds, clamp_folds, holdout, split
 from training.loss import classifier_loss, hard_negatives, multi_positive_loss, positive_weights
 
-log = logging.getLogger("kger.train")
 PROGRESS = "train_progress.json"
 
 
@@ -89,10 +89,10 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     # loss
     cls_weight: float = 0.5  # weight of the 7-way classifier cross-entropy on the pooled features
-    class_pos_weight: float = 1.0  # target weight of pairs sharing only a class (shared description = 1)
+    class_pos_weight: float = 0.5  # target weight of a description and an image sharing only its class (own: 1)
     hard_margin: float = 0.1  # extra cosine margin for opposite-side and open/closed negatives
     label_smoothing: float = 0.1
-    select_by: str = "MRR"  # validation metric that picks each fold's best epoch
+    select_by: str = "nDCG@10"  # validation metric that picks each fold's best epoch (ties: head accuracy)
     bn_train: bool = False  # update BatchNorm statistics in the fold tops (tiny batches: keep off)
     # system
     seed: int = 0
@@ -104,8 +104,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A CPU-sized smoke run, like nanoGPT's train_shakespeare_char.py: seconds per fold, proves the plumbing.
     "debug": dict(folds=2, views=2, epochs=2, batch_size=16),
 }
+SELECTABLE = ("R@1", "R@5", "R@10", "MRR", "nDCG@10", "acc")
 # Settings that do not change the weights: a resumed run may differ in these.
 _NOT_IN_KEY = ("data", "out", "threads", "progress")
+# -----------------------------------------------------------------------------------------------------------
 
 
 # ----------------------------------------------------------------------------------------------- schedule
@@ -240,7 +242,8 @@ def fit_fold(
         mean_loss = sum(losses) / len(losses)
         if on_epoch:
             on_epoch(epoch, mean_loss, metrics)
-        score = metrics.get(cfg.select_by, 0.0) if val else epoch  # no validation: keep the last epoch
+        # ties (small validation sets saturate) go to the better classifier head; no validation: the last epoch
+        score = (metrics.get(cfg.select_by, 0.0), metrics.get("acc", 0.0)) if val else (epoch,)
         if best is None or score > best["score"]:
             best = {"score": score, "epoch": epoch, "loss": mean_loss, "metrics": metrics,
                     "image": copy.deepcopy(image_top.state_dict()), "text": copy.deepcopy(text_top.state_dict()),
@@ -283,29 +286,6 @@ def run_key(cfg: TrainConfig, data_hash: str, folds: int) -> str:
     return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_fold(ens: FoldEnsemble, out: Path, f: int) -> None:
-    """Put a finished fold's weights (as `write_fold` stored them) back into the ensemble."""
-    state = load_file(str(out / fold_file(f)))
-    ens.image_tops[f].load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("image.")})
-    ens.text_tops[f].load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("text.")})
-    with torch.no_grad():
-        ens.logit_scale[f] = state["logit_scale"][0]
-
-
-class FirstFolds:
-    """The first d folds of an ensemble, as `save_bundle` sees it: a usable partial bundle while training runs."""
-
-    def __init__(self, ens: FoldEnsemble, d: int):
-        self._ens, self.folds = ens, d
-
-    def __getattr__(self, name):
-        return getattr(self._ens, name)
-
-    @property
-    def dim(self) -> int:
-        return self._ens.spec.embed_dim * self.folds
-
-
 def summarize_folds(per_fold: list[dict]) -> dict:
     keys = [k for k in ("R@1", "R@5", "R@10", "MRR", "nDCG@10", "acc") if all(k in m for m in per_fold)]
     mean = {k: round(sum(m[k] for m in per_fold) / len(per_fold), 4) for k in keys} if per_fold else {}
@@ -315,10 +295,10 @@ def summarize_folds(per_fold: list[dict]) -> dict:
 
 
 def metrics_table(metrics: dict, title: str = "validation per fold") -> Table:
-    table = Table(title=title)
-    cols = ["fold", "best_epoch", "n_train", "n_val", "R@1", "R@5", "R@10", "MRR", "acc"]
-    for c in cols:
-        table.add_column(c, justify="right")
+    table = Table(title=title, box=box.SIMPLE_HEAD, caption="epoch: best epoch kept; acc: classifier head")
+    cols = ["fold", "best_epoch", "n_train", "n_val", "R@1", "R@5", "R@10", "MRR", "nDCG@10", "acc"]
+    for h in ["fold", "epoch", "train", "val", "R@1", "R@5", "R@10", "MRR", "nDCG", "acc"]:
+        table.add_column(h, justify="right")
     for m in metrics.get("per_fold", []):
         table.add_row(*[_fmt(m.get(c)) for c in cols])
     if metrics.get("mean"):
@@ -347,6 +327,10 @@ def main(cfg: TrainConfig, *, console: Console | None = None) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out).expanduser()
+    if not cfg.data:
+        raise TrainError("no training data given (an ENTRep folder, a folder per class, or a CSV)")
+    if cfg.select_by not in SELECTABLE:
+        raise TrainError(f"--select_by must be one of {', '.join(SELECTABLE)}, not {cfg.select_by!r}")
 
     # data
     data = load_dataset(cfg.data, templates=cfg.templates)
@@ -360,9 +344,12 @@ def main(cfg: TrainConfig, *, console: Console | None = None) -> dict:
     if k > 1:
         fold_ids = assign_folds(data.items, k, cfg.seed)
         splits = [split(fold_ids, f) for f in range(k)]
+        if cfg.val_fraction:
+            console.print(f"note: val_fraction is for a single model (--folds 1); {k} folds validate on their own")
     else:
         splits = [holdout(data.items, cfg.val_fraction, cfg.seed)]
-        fold_ids = [0 if i in set(splits[0][1]) else -1 for i in range(len(data.items))]
+        held_out = set(splits[0][1])
+        fold_ids = [0 if i in held_out else -1 for i in range(len(data.items))]  # -1: trained on by every fold
     flip = cfg.flip and cfg.pool != "avg"
     if cfg.flip and not flip:
         console.print("note: no mirrored views with pool='avg' (average pooling cannot tell the sides apart)")
@@ -418,7 +405,7 @@ def main(cfg: TrainConfig, *, console: Console | None = None) -> dict:
             done[f] = result
             write_progress(out, key, k, done)
             if len(done) < k and sorted(done) == list(range(len(done))):
-                save_bundle(FirstFolds(ens, len(done)), out, trained=True, metrics=summarize_folds(sorted_results(done)),
+                save_bundle(ens, out, folds=len(done), trained=True, metrics=summarize_folds(sorted_results(done)),
                             data_hash=data.data_hash, extra={**extra, "partial": True, "folds_planned": k},
                             folds_written=list(done))
             if bars:
@@ -559,7 +546,7 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         manifest = main(parse_args(sys.argv[1:]))
-    except (TrainError, ValueError) as e:
+    except (TrainError, ValueError, BundleError, WeightsUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1)
     except KeyboardInterrupt:

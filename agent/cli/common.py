@@ -36,7 +36,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from retrieval.weights import WeightsUnavailable
     from store.gallery import StoreError
 
-    return (BundleError, LabelsError, ImageLoadError, WeightsUnavailable, StoreError, FileNotFoundError,
+    errors: tuple[type[BaseException], ...] = ()
+    if "training.train" in sys.modules:  # only `kger train` imports the training module
+        errors = (sys.modules["training.train"].TrainError,)
+    return errors + (BundleError, LabelsError, ImageLoadError, WeightsUnavailable, StoreError, FileNotFoundError,
             NotADirectoryError, PermissionError, KeyError, ValueError)
 
 
