@@ -140,25 +140,59 @@ def create_clip(spec: NanoCLIPSpec):
 
 
 # ---------------------------------------------------------------------------------------------- split
+def is_vit(trunk: nn.Module) -> bool:
+    """timm's VisionTransformer family (DINOv2, BiomedCLIP's tower, ...): tokens instead of a feature map."""
+    return all(hasattr(trunk, a) for a in ("patch_embed", "_pos_embed", "blocks", "norm", "num_prefix_tokens"))
+
+
+def is_convnet(trunk: nn.Module) -> bool:
+    """timm's EfficientNet / MobileNet family: stem, block stages, conv head."""
+    return all(hasattr(trunk, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2"))
+
+
 class ImageTrunk(nn.Module):
-    """The frozen lower image layers (stem + first block stages): computed once for all folds."""
+    """The frozen lower image layers (stem + first blocks): computed once for all folds."""
 
     def __init__(self, trunk: nn.Module, cut: int):
         super().__init__()
-        self.stem = nn.Sequential(trunk.conv_stem, trunk.bn1)
-        self.blocks = nn.Sequential(*list(trunk.blocks)[:cut])
+        if is_vit(trunk):
+            # keep the patch/position embedding as timm wrote it; the blocks above `cut` belong to the tops
+            trunk.blocks = nn.Sequential(*list(trunk.blocks)[:cut])
+            trunk.norm = nn.Identity()
+            self.vit = trunk
+        else:
+            self.stem = nn.Sequential(trunk.conv_stem, trunk.bn1)
+            self.blocks = nn.Sequential(*list(trunk.blocks)[:cut])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "vit"):
+            v = self.vit
+            return v.blocks(v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(x)))))
         return self.blocks(self.stem(x))
 
 
+class TokensToMap(nn.Module):
+    """A ViT's final norm, then its patch tokens laid back on their grid, so any pool sees left from right."""
+
+    def __init__(self, norm: nn.Module, prefix_tokens: int, grid: tuple[int, int]):
+        super().__init__()
+        self.norm, self.prefix, self.grid = norm, prefix_tokens, tuple(grid)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)[:, self.prefix:]
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *self.grid)
+
+
 class ImageTop(nn.Module):
-    """One fold's trainable image layers: last block stages, conv head, side-aware pool, projection."""
+    """One fold's trainable image layers: last blocks, conv head (or ViT norm), side-aware pool, projection."""
 
     def __init__(self, trunk: nn.Module, cut: int, pool: str, embed_dim: int):
         super().__init__()
         self.blocks = nn.Sequential(*list(trunk.blocks)[cut:])
-        self.head = nn.Sequential(trunk.conv_head, trunk.bn2)
+        if is_vit(trunk):
+            self.head = TokensToMap(trunk.norm, trunk.num_prefix_tokens, trunk.patch_embed.grid_size)
+        else:
+            self.head = nn.Sequential(trunk.conv_head, trunk.bn2)
         self.pool = POOLS[pool]()
         self.pooled_dim = trunk.num_features * self.pool.mult
         self.proj = nn.Linear(self.pooled_dim, embed_dim, bias=False)
@@ -222,10 +256,10 @@ class TextTop(nn.Module):
 def split_clip(model, spec: NanoCLIPSpec) -> tuple[ImageTrunk, ImageTop, TextTrunk, TextTop]:
     """Cut the open_clip model into shared trunks and one (template) top per tower."""
     trunk = model.visual.trunk
-    if not all(hasattr(trunk, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
+    if not (is_convnet(trunk) or is_vit(trunk)):
         raise W.WeightsUnavailable(
             f"image architecture {type(trunk).__name__} cannot be split into a shared trunk and fold tops "
-            "(kger supports timm's EfficientNet/MobileNet family)"
+            "(kger supports timm's EfficientNet/MobileNet and VisionTransformer families)"
         )
     n_stages = len(trunk.blocks)
     if not 0 <= spec.image_trainable_stages <= n_stages:
@@ -238,9 +272,10 @@ def split_clip(model, spec: NanoCLIPSpec) -> tuple[ImageTrunk, ImageTop, TextTru
     tcut = n_layers - spec.text_trainable_layers
     pad = model.text.config.pad_token_id or 0
     width = model.text.config.hidden_size
+    image_top = ImageTop(trunk, icut, spec.pool, spec.embed_dim)  # before the trunk is cut (ViT)
     return (
         ImageTrunk(trunk, icut),
-        ImageTop(trunk, icut, spec.pool, spec.embed_dim),
+        image_top,
         TextTrunk(transformer, tcut, pad),
         TextTop(transformer, tcut, width, spec.embed_dim),
     )

@@ -128,6 +128,10 @@ def load_image_weights(trunk: torch.nn.Module, backbone: ImageBackbone) -> None:
         sd = sd["state_dict"]
     target = trunk.state_dict()
     if backbone.name.startswith("timm:"):  # a timm checkpoint already has timm names
+        # open_clip checkpoints with a timm tower (BiomedCLIP) keep it under visual.trunk.
+        for prefix in ("module.", "visual.trunk."):
+            if any(k.startswith(prefix) for k in sd):
+                sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
         missing, unexpected = trunk.load_state_dict(sd, strict=False)
         if len(missing) > len(target) // 2:
             raise WeightsUnavailable(f"checkpoint {path} does not match timm {backbone.timm_name}")

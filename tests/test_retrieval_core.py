@@ -240,3 +240,25 @@ def test_other_backbones_build_from_local_files_only(tmp_path):
         assert v.shape == (1, 64) and m["spec"]["image_backbone"] == backbone
         assert ens.mean == W.IMAGENET_MEAN  # per-backbone normalisation
         assert ens.encode_texts(["left ear"]).shape == (1, 64)
+
+
+def test_a_vit_tower_from_an_open_clip_checkpoint_splits_exactly(tmp_path):
+    """DINOv2 / BiomedCLIP-style towers: a timm ViT from a local file (here with open_clip's key prefix)."""
+    src = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0).eval()
+    ckpt = tmp_path / "open_clip_style.pt"
+    torch.save({f"visual.trunk.{k}": v for k, v in src.state_dict().items()}, ckpt)
+    spec = NanoCLIPSpec(image_backbone=f"timm:vit_tiny_patch16_224={ckpt}", image_trainable_stages=2)
+    clip, _, _ = create_clip(spec)
+    assert torch.equal(clip.visual.trunk.pos_embed, src.pos_embed)  # the local weights, not a random init
+    x = _images(2)
+    with torch.no_grad():
+        full = src.forward_features(x)[:, src.num_prefix_tokens:]  # (B, 196, 192) patch tokens
+    trunk, top, _, _ = split_clip(clip, spec)
+    with torch.no_grad():
+        grid = top.head(top.blocks(trunk(x)))  # (B, 192, 14, 14)
+    assert grid.shape == (2, 192, 14, 14)
+    assert torch.allclose(grid.flatten(2).transpose(1, 2), full, atol=1e-5)
+    with torch.no_grad():
+        a, _ = top(trunk(x))
+        b, _ = top(trunk(torch.flip(x, dims=[3])))
+    assert not torch.allclose(a, b, atol=1e-4)  # side-aware pooling on the token grid too
