@@ -30,6 +30,10 @@ _LIKE = re.compile(r"\b(?:more\s+)?(?:like|similar\s+to)\s+(?:number\s+|no\.?\s*
 _ONLY_SIDE = re.compile(r"^\W*(?:only\s+(?:the\s+)?(left|right)(?:\s+side)?|(left|right)(?:\s+side)?\s+only)\W*$", re.I)
 
 
+class NoToolCall(RuntimeError):
+    """The planner answered in prose: the graph needs tool calls, so the offline planner steps in."""
+
+
 def _call(name: str, **args: Any) -> dict:
     return {"name": name, "args": {k: v for k, v in args.items() if v is not None}, "id": f"call_{uuid.uuid4().hex[:12]}",
             "type": "tool_call"}
@@ -143,13 +147,13 @@ def plan(state: State, runtime: Runtime[Context]) -> dict:
     try:
         ai = ctx.planner.invoke(msgs)
         if not getattr(ai, "tool_calls", None):
-            raise RuntimeError("the planner answered without a tool call")
+            raise NoToolCall("the planner answered without a tool call")
     except Exception as e:  # any planner failure: plan offline, and say so
         if ctx.fallback_planner is None or ctx.planner is ctx.fallback_planner:
             raise
         from agent.llm import failure_reason
 
-        fallback = failure_reason(e) if not isinstance(e, RuntimeError) or "tool call" not in str(e) else str(e)
+        fallback = str(e) if isinstance(e, NoToolCall) else failure_reason(e)
         ai = ctx.fallback_planner.invoke(msgs)
     calls = []
     for c in ai.tool_calls:  # the pool size is ours to set, whatever the model asked

@@ -66,10 +66,6 @@ def metadata_for(path: Path, sha: str, labels: dict[str, str], classes, probs) -
     return meta
 
 
-def _load(path: Path, size: int, mean, std) -> torch.Tensor:
-    return load_for_model(path, size=size, mean=mean, std=std)
-
-
 def index_images(
     ens,
     gallery,
@@ -116,7 +112,7 @@ def index_images(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            futures = [pool.submit(_load, p, size, mean, std) for _, p in chunk]
+            futures = [pool.submit(load_for_model, p, size, mean, std) for _, p in chunk]
             ok_ids, ok_paths, tensors = [], [], []
             for (i, p), fut in zip(chunk, futures):
                 try:

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
 from retrieval.bundle import BundleError, load_bundle
 from retrieval.ensemble import fold_scores

@@ -3,7 +3,6 @@ the packaged weights' mapping, and bundle integrity checks."""
 from __future__ import annotations
 
 import json
-import math
 import shutil
 
 import numpy as np
@@ -13,7 +12,7 @@ import torch
 
 from retrieval import weights as W
 from retrieval.bundle import BundleError, init_bundle, load_bundle, read_manifest
-from retrieval.ensemble import FoldEnsemble, fold_scores
+from retrieval.ensemble import fold_scores
 from retrieval.nanoclip import NanoCLIPSpec, create_clip, list_configs, split_clip
 
 
