@@ -70,10 +70,9 @@ def _calls_for(text: str, force_side: Optional[str] = None) -> list[dict]:
             piece = with_side(piece, force_side)
         p = parse(piece)
         side = p.side if p.side in ("left", "right") else None
-        region = p.site
-        if side and region not in ("ear", "nose"):
-            side = side if region is None else None  # a side means nothing for the throat or the larynx
-        calls.append(_call("retrieve", query=piece, region=region, side=side, state=p.state))
+        if p.site not in (None, "ear", "nose"):
+            side = None  # a side means nothing for the throat or the larynx
+        calls.append(_call("retrieve", query=piece, region=p.site, side=side, state=p.state))
     return calls
 
 

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import json
-from typing import Literal, Optional
-
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal, Optional
 
 from langchain_core.tools import tool
 from langgraph.prebuilt import InjectedState
@@ -77,10 +76,12 @@ def similar(image: str, answer: Annotated[Optional[dict], InjectedState("answer"
         if not 1 <= n <= len(rows):
             raise ValueError(f"there is no image #{n} in the previous answer")
         ref = rows[n - 1]["id"]
-    from pathlib import Path
+    if Path(ref).is_file():
+        from retrieval.preprocess import file_sha256
 
-    results = searcher.image(ref, k=k + 1) if Path(ref).is_file() else searcher.like(ref, k=k + 1)
-    reference = results[0].id if results and results[0].score > 0.9999 else None
+        reference, results = file_sha256(ref), searcher.image(ref, k=k + 1)
+    else:
+        reference, results = ref, searcher.like(ref, k=k + 1)
     cands = _candidates([r for r in results if r.id != reference][:k])  # "more like #2" means other images
     for i, c in enumerate(cands, start=1):
         c["rank"], c["query"] = i, f"like {image}"
