@@ -23,6 +23,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
+# The network guard: this process and every Python process a test starts refuse non-loopback connections.
+NETGUARD = Path(__file__).resolve().parent / "netguard"
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(NETGUARD), os.environ.get("PYTHONPATH")) if p)
+sys.path.insert(0, str(NETGUARD))
+import sitecustomize as netguard  # noqa: E402  (tests/netguard/sitecustomize.py)
+
+netguard.install()
+sys.path.remove(str(NETGUARD))
+
+
+@pytest.fixture(autouse=True)
+def no_network(tmp_path, monkeypatch):
+    """Fail the test if it, or any process it started, tried to reach a non-loopback address."""
+    log = tmp_path / "netguard.log"
+    monkeypatch.setenv("KGER_NETGUARD_LOG", str(log))
+    yield log
+    if log.exists() and log.read_text().strip():
+        pytest.fail(f"a non-loopback connection was attempted:\n{log.read_text()}")
+
 
 @pytest.fixture(autouse=True)
 def kger_home(tmp_path, monkeypatch):

@@ -48,6 +48,11 @@ class KgerGroup(TyperGroup):
 
     def invoke(self, ctx: typer.Context) -> Any:
         """A user error is one line on stderr and exit code 1, never a traceback (KGER_DEBUG=1 shows it)."""
+        from agent import privacy
+
+        notice = privacy.enforce()
+        if notice:
+            err_console.print(notice, markup=False)
         try:
             return super().invoke(ctx)
         except (TyperException, typer.Exit, typer.Abort):  # usage errors (exit 2) and deliberate exits
