@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from agent.posfuse import STRATEGIES, FuseConfig, fuse
 from agent.cli.queries import Truth
+from agent.posfuse import STRATEGIES, FuseConfig, rank
+from agent.state import Answer, AnswerRow
 from retrieval.metrics import summarize
 
 STAGES = ("ensemble", "retrieval", "judge", "fused")
