@@ -1,24 +1,40 @@
 """One object per session: the loaded bundle, the store, the planner and judge, the compiled graph.
 
 The CLI commands (ask, chat, batch, eval) and the benchmarks all go through `Assistant.ask`, so there is one
-way a question is answered, traced and checkpointed.
+way a question is answered, traced and checkpointed. It is also the one trace writer: the nodes put what an
+audit needs (the plan and its fallback, tool errors, verdicts, the fused table) into the state, and `ask`
+records each node's update as the graph streams it, with the node's time measured here, once.
 """
 from __future__ import annotations
 
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
 
 from langchain_core.messages import HumanMessage
+from langgraph.checkpoint.base import BaseCheckpointSaver
 
-from agent.context import Context
-from agent.fuse import FuseConfig
-from agent.graph import build_graph
+from agent.context import Context, Planner
+from agent.graph import build_graph, serializer
+from agent.judges.base import Judge
 from agent.plan import OfflinePlanner
+from agent.posfuse import FuseConfig
+from agent.state import Answer
+
+if TYPE_CHECKING:
+    from retrieval.search import Searcher
+    from store.traces import TraceDB
 
 LLMS = ("offline", "gemini")
+
+
+def check_llm(llm: str) -> str:
+    """The one check of an --llm / /llm value; ValueError names the choices."""
+    if llm not in LLMS:
+        raise ValueError(f"--llm must be {' or '.join(LLMS)}, not {llm!r}")
+    return llm
 
 
 class GeminiPlanner:
@@ -41,10 +57,8 @@ def make_planner_and_judge(llm: str, settings=None, judge_concurrency: int = 4):
     """(planner, judge) for 'offline' or 'gemini'. Gemini without a key still works: both fall back."""
     from agent.judges.offline import OfflineJudge
 
-    if llm == "offline":
+    if check_llm(llm) == "offline":
         return OfflinePlanner(), OfflineJudge()
-    if llm != "gemini":
-        raise ValueError(f"unknown --llm {llm!r}; use one of {', '.join(LLMS)}")
     from agent.judges.gemini import GeminiJudge
     from agent.llm import GeminiUnavailable, gemini_settings_from_env
 
@@ -65,15 +79,15 @@ class _UnavailablePlanner:
 
 @dataclass
 class Assistant:
-    searcher: Any
+    searcher: "Searcher"
     llm: str = "offline"
     k: int = 5
     pool: int = 20
     fuse: FuseConfig = field(default_factory=FuseConfig)
-    traces: Any = None
-    checkpointer: Any = None
-    planner: Any = None
-    judge: Any = None
+    traces: Optional["TraceDB"] = None
+    checkpointer: Optional[BaseCheckpointSaver] = None
+    planner: Optional[Planner] = None
+    judge: Optional[Judge] = None
     store_name: str = "default"
 
     def __post_init__(self):
@@ -84,7 +98,7 @@ class Assistant:
         if self.checkpointer is None:
             from langgraph.checkpoint.memory import InMemorySaver
 
-            self.checkpointer = InMemorySaver()
+            self.checkpointer = InMemorySaver(serde=serializer())
         self.graph = build_graph().compile(checkpointer=self.checkpointer)
         self.fallback_planner = OfflinePlanner()
 
@@ -106,7 +120,7 @@ class Assistant:
             traces = TraceDB(traces_db_path())
             path = checkpoints_db_path()
             path.parent.mkdir(parents=True, exist_ok=True)
-            checkpointer = SqliteSaver(sqlite3.connect(str(path), check_same_thread=False))
+            checkpointer = SqliteSaver(sqlite3.connect(str(path), check_same_thread=False), serde=serializer())
         return cls(searcher=searcher, llm=llm, k=k, pool=max(pool, k), traces=traces, checkpointer=checkpointer,
                    store_name=store, **kw)
 
@@ -117,7 +131,7 @@ class Assistant:
                 "planner": type(self.planner).__name__, "judge": getattr(self.judge, "name", "?"),
                 "judge_model": judge_model, "fusion": self.fuse.strategy}
 
-    def ask(self, question: str, thread_id: Optional[str] = None, kind: str = "ask") -> dict:
+    def ask(self, question: str, thread_id: Optional[str] = None, kind: str = "ask") -> Answer:
         """Run one turn; returns the answer (rows with retrieval / judge / fused scores) with its run id."""
         thread_id = thread_id or uuid.uuid4().hex
         run_id = None
@@ -127,28 +141,48 @@ class Assistant:
                                            thread_id=thread_id)
         run_id = run_id or uuid.uuid4().hex
         ctx = Context(searcher=self.searcher, planner=self.planner, fallback_planner=self.fallback_planner,
-                      judge=self.judge, traces=self.traces, run_id=run_id, k=self.k, pool=self.pool,
-                      fuse=self.fuse, llm=self.llm)
+                      judge=self.judge, run_id=run_id, k=self.k, pool=self.pool, fuse=self.fuse, llm=self.llm)
+        config = {"configurable": {"thread_id": thread_id}}
         timings: dict[str, float] = {}
+        seen: dict[str, Any] = {}  # the turn's state so far, from the updates
         t0 = last = time.perf_counter()
-        state = None
         try:
-            for update in self.graph.stream({"messages": [HumanMessage(content=question)]},
-                                            config={"configurable": {"thread_id": thread_id}},
+            for update in self.graph.stream({"messages": [HumanMessage(content=question)]}, config=config,
                                             context=ctx, stream_mode="updates"):
                 now = time.perf_counter()
-                for node in update:
+                for node, values in update.items():
                     timings[node] = round((now - last) * 1000, 2)
+                    seen.update(values or {})
+                    self._record(run_id, node, values or {}, seen, timings[node])
                 last = now
-            state = self.graph.get_state({"configurable": {"thread_id": thread_id}}).values
+            state = self.graph.get_state(config).values
         except BaseException as e:
             if self.traces is not None:
                 self.traces.finish_run(run_id, answer=None, timings=timings, status="error",
                                        error=f"{type(e).__name__}: {e}")
             raise
         timings["total"] = round((time.perf_counter() - t0) * 1000, 2)
-        answer = dict(state.get("answer") or {})
-        answer.update(run_id=run_id, thread_id=thread_id, timings=timings, input=question)
+        answer = (state.get("answer") or Answer()).model_copy(
+            update={"run_id": run_id, "thread_id": thread_id, "timings": timings, "input": question})
         if self.traces is not None:
-            self.traces.finish_run(run_id, answer=answer, timings=timings, status="ok")
+            self.traces.finish_run(run_id, answer=answer.model_dump(), timings=timings, status="ok")
         return answer
+
+    def _record(self, run_id: str, node: str, update: dict, seen: dict, ms: float) -> None:
+        """One node's update as trace events (plan/tool_calls, retrieve/candidates, judge/verdicts, fuse/table)."""
+        if self.traces is None:
+            return
+        if node == "plan":
+            self.traces.add_event(run_id, "plan", "tool_calls", {
+                "planner": update.get("planner"), "fallback": update.get("plan_fallback"),
+                "tool_calls": [dict(c) for c in update["messages"][-1].tool_calls], "ms": ms})
+        elif node == "judge":
+            self.traces.add_event(run_id, "retrieve", "candidates", {
+                "candidates": [c.model_dump() for c in update["candidates"]], "errors": update["tool_errors"]})
+            self.traces.add_event(run_id, "judge", "verdicts", {
+                "judge": getattr(self.judge, "name", type(self.judge).__name__), "question": seen.get("question"),
+                "verdicts": [v.model_dump() for v in update["verdicts"]], "ms": ms})
+        elif node == "fuse":
+            self.traces.add_event(run_id, "fuse", "table", {
+                "config": asdict(self.fuse), "constraints": seen.get("constraints") or {},
+                "table": [asdict(r) for r in update["ranking"]], "ms": ms})

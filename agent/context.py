@@ -1,21 +1,48 @@
-"""Run settings and services for one graph invocation (LangGraph `context_schema`)."""
+"""Run settings and services for one graph invocation (LangGraph `context_schema`).
+
+The services are typed by what the nodes call on them, so a test can hand in a small fake (tests/conftest.py
+has an in-memory searcher) and a reader sees what each node needs.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Optional, Protocol, Sequence
 
-from agent.fuse import FuseConfig
+import numpy as np
+from langchain_core.messages import BaseMessage
+
+from agent.judges.base import Judge
+from agent.posfuse import FuseConfig
+from retrieval.candidate import Candidate
+
+
+class Searcher(Protocol):
+    """What the tools need of retrieval.search.Searcher: a text encoder and three ways to query the store."""
+
+    def encode_text(self, query: str) -> np.ndarray: ...
+
+    def by_vector(self, query_vec: np.ndarray, k: int, classes: Optional[Sequence[str]] = None) -> list[Candidate]: ...
+
+    def image(self, path: str | Path, k: int = 10, classes: Optional[Sequence[str]] = None) -> list[Candidate]: ...
+
+    def like(self, image_id: str, k: int = 10, classes: Optional[Sequence[str]] = None) -> list[Candidate]: ...
+
+
+class Planner(Protocol):
+    """A chat model with the tools bound (or anything that answers messages with an AIMessage with tool calls)."""
+
+    def invoke(self, messages: list[BaseMessage]) -> BaseMessage: ...
 
 
 @dataclass
 class Context:
-    """What a turn runs with. The CLI builds it from flags and KGER_* variables; tests build it directly."""
+    """What a turn runs with. The Assistant builds it from its settings; tests build it directly."""
 
-    searcher: Any = field(default=None, metadata={"description": "retrieval.search.Searcher over the store"})
-    planner: Any = field(default=None, metadata={"description": "a chat model with the tools bound"})
-    fallback_planner: Any = field(default=None, metadata={"description": "offline planner used if `planner` fails"})
-    judge: Any = field(default=None, metadata={"description": "an object with judge(query, candidates)"})
-    traces: Any = field(default=None, metadata={"description": "store.traces.TraceDB, or None for no trace"})
+    searcher: Searcher = field(metadata={"description": "retrieval.search.Searcher over the store"})
+    planner: Planner = field(metadata={"description": "a chat model with the tools bound"})
+    judge: Judge = field(metadata={"description": "an object with judge(query, candidates)"})
+    fallback_planner: Optional[Planner] = field(default=None, metadata={"description": "used if `planner` fails"})
     run_id: Optional[str] = field(default=None, metadata={"description": "the trace record of this turn"})
     k: int = field(default=5, metadata={"description": "images in the answer"})
     pool: int = field(default=20, metadata={"description": "candidates retrieved per query and judged"})

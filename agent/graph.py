@@ -1,15 +1,28 @@
 """The graph: plan -> tools -> judge -> fuse -> answer, checkpointed per conversation thread."""
 from __future__ import annotations
 
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph import END, START, StateGraph
 from langgraph.prebuilt import ToolNode
 
-from agent.answer import answer, fuse
+from agent.answer import answer
 from agent.context import Context
+from agent.fuse import fuse
 from agent.judge import judge
+from agent.judges.base import Verdict
 from agent.plan import plan
-from agent.state import InputState, State
+from agent.posfuse import FusedRow
+from agent.state import Answer, AnswerRow, InputState, State
 from agent.tools import TOOLS
+from retrieval.candidate import Candidate
+
+CHECKPOINT_TYPES = (Candidate, Verdict, FusedRow, AnswerRow, Answer)
+
+
+def serializer() -> JsonPlusSerializer:
+    """The checkpointers' serializer, told kger's own state types (tool artifacts hold Candidates too), so
+    reading a checkpoint back neither logs a warning nor, under LANGGRAPH_STRICT_MSGPACK, refuses them."""
+    return JsonPlusSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES)
 
 
 def build_graph() -> StateGraph:

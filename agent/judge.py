@@ -1,19 +1,15 @@
 """The judge node: merge this turn's tool results into one candidate list and score every candidate."""
 from __future__ import annotations
 
-import time
-
-from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
 from langgraph.runtime import Runtime
 
 from agent.context import Context
-from agent.judges.base import Candidate
 from agent.state import State
+from retrieval.candidate import Candidate
 
-CONFIDENT = 0.5  # a predicted class counts as known from this probability on
 
-
-def turn_results(messages) -> tuple[list[list[dict]], list[str]]:
+def turn_results(messages: list[AnyMessage]) -> tuple[list[list[Candidate]], list[str]]:
     """Candidate lists and tool errors from the tool messages after this turn's planner message."""
     lists, errors = [], []
     for m in reversed(messages):
@@ -27,29 +23,20 @@ def turn_results(messages) -> tuple[list[list[dict]], list[str]]:
     return lists[::-1], errors[::-1]
 
 
-def merge(lists: list[list[dict]], limit: int) -> list[dict]:
+def merge(lists: list[list[Candidate]], limit: int) -> list[Candidate]:
     """Union over the planner's queries: best score per image; filter matches stay ahead of the rest."""
-    best: dict[str, dict] = {}
+    best: dict[str, Candidate] = {}
     for cands in lists:
         for c in cands:
-            if c["id"] not in best or c["score"] > best[c["id"]]["score"]:
-                best[c["id"]] = dict(c)
-    ordered = sorted(best.values(), key=lambda c: (c.get("filter_match") is False, -c["score"], c["id"]))[:limit]
-    for i, c in enumerate(ordered, start=1):
-        c["rank"] = i
-    return ordered
+            if c.id not in best or c.score > best[c.id].score:
+                best[c.id] = c
+    ordered = sorted(best.values(), key=lambda c: (c.filter_match is False, -c.score, c.id))[:limit]
+    return [c.model_copy(update={"rank": i}) for i, c in enumerate(ordered, start=1)]
 
 
 def judge(state: State, runtime: Runtime[Context]) -> dict:
     ctx = runtime.context
     lists, errors = turn_results(state.messages)
-    cands = merge(lists, ctx.pool)
-    t0 = time.perf_counter()
-    candidates = [Candidate(**{k: c.get(k) for k in Candidate.model_fields if k in c}) for c in cands]
+    candidates = merge(lists, ctx.pool)
     verdicts = ctx.judge.judge(state.question, candidates) if candidates else []
-    if ctx.traces and ctx.run_id:
-        ctx.traces.add_event(ctx.run_id, "retrieve", "candidates", {"candidates": cands, "errors": errors})
-        ctx.traces.add_event(ctx.run_id, "judge", "verdicts", {
-            "judge": getattr(ctx.judge, "name", type(ctx.judge).__name__), "question": state.question,
-            "verdicts": [v.model_dump() for v in verdicts], "ms": round((time.perf_counter() - t0) * 1000, 2)})
-    return {"candidates": cands, "verdicts": [v.model_dump() for v in verdicts]}
+    return {"candidates": candidates, "verdicts": verdicts, "tool_errors": errors}

@@ -1,11 +1,68 @@
-"""Graph state: a narrow input (the conversation) and the turn's working data."""
+"""Graph state: a narrow input (the conversation), the turn's working data, and the typed answer.
+
+Every step's output is a type here or in retrieval/candidate.py (`Candidate`), agent/judges/base.py
+(`Verdict`) and agent/posfuse.py (`FusedRow`): the CLI, batch lines, eval, traces and the HTML report read
+the `Answer`, and its `model_dump()` is the JSON they write.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph import add_messages
+from pydantic import BaseModel, Field
+
+from agent.judges.base import Verdict
+from agent.posfuse import FusedRow
+from retrieval.candidate import Candidate
+
+
+class AnswerRow(BaseModel):
+    """One image of the answer, with all three scores and the reasons behind its place."""
+
+    rank: int = Field(description="1-based place in the answer")
+    id: str
+    path: str
+    name: Optional[str] = None
+    label: Optional[str] = None
+    predicted: Optional[str] = None
+    predicted_prob: Optional[float] = None
+    retrieval_rank: Optional[int] = Field(default=None, description="place in the merged retrieval list")
+    retrieval: float = Field(description="ensemble cosine")
+    fold_scores: list[float] = Field(default_factory=list)
+    judge: Optional[float] = Field(default=None, description="judge score in [0, 1]; None when not judged")
+    judge_kind: Optional[str] = Field(default=None, description="'gemini' or 'offline'")
+    fallback: Optional[str] = Field(default=None, description="why the offline judge stood in, if it did")
+    cached: bool = False
+    justification: str = ""
+    fused: float = Field(description="the fused score the answer is ordered by")
+    formula: str = Field(description="the Pos-Fuse arithmetic that gives `fused`")
+    demoted: Optional[str] = Field(default=None, description="why it is ranked after the rest, if it is")
+
+    @classmethod
+    def of(cls, rank: int, cand: Candidate, verdict: Optional[Verdict], fused: FusedRow) -> "AnswerRow":
+        return cls(
+            rank=rank, id=cand.id, path=cand.path, name=cand.name, label=cand.label, predicted=cand.predicted,
+            predicted_prob=cand.predicted_prob, retrieval_rank=fused.retrieval_rank, retrieval=cand.score,
+            fold_scores=cand.fold_scores, judge=verdict.score if verdict else None,
+            judge_kind=verdict.judge if verdict else None, fallback=verdict.fallback if verdict else None,
+            cached=verdict.cached if verdict else False, justification=verdict.justification if verdict else "",
+            fused=fused.final, formula=fused.formula, demoted=fused.demoted,
+        )
+
+
+class Answer(BaseModel):
+    """A turn's answer; `Assistant.ask` adds the thread, the timings and the input as typed."""
+
+    question: str = Field(default="", description="the description the judge checked (follow-ups resolved)")
+    rows: list[AnswerRow] = Field(default_factory=list)
+    constraints: dict[str, str] = Field(default_factory=dict)
+    run_id: Optional[str] = None
+    llm: Optional[str] = None
+    thread_id: Optional[str] = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    input: Optional[str] = None
 
 
 @dataclass
@@ -19,14 +76,26 @@ class State(InputState):
     question: str = ""
     """The description this turn answers (a follow-up is resolved against `answer` of the previous turn)."""
 
-    constraints: dict[str, Any] = field(default_factory=dict)
-    """Region / side / state the description pins down; the answer never contradicts them (see answer.py)."""
+    constraints: dict[str, str] = field(default_factory=dict)
+    """Region / side / state the description pins down; the answer never contradicts them (see fuse.py)."""
 
-    candidates: list[dict] = field(default_factory=list)
+    planner: str = ""
+    """Who planned this turn: 'offline', or the --llm whose planner answered."""
+
+    plan_fallback: Optional[str] = None
+    """Why the offline planner stood in, if it did."""
+
+    tool_errors: list[str] = field(default_factory=list)
+    """Tool calls of this turn that failed, as the tool node reported them."""
+
+    candidates: list[Candidate] = field(default_factory=list)
     """Retrieved images of this turn, merged over the planner's queries, in retrieval order."""
 
-    verdicts: list[dict] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
     """One judge verdict per candidate."""
 
-    answer: Optional[dict] = None
-    """The last answer: ranked rows with all three scores; kept across turns so follow-ups can refer to it."""
+    ranking: list[FusedRow] = field(default_factory=list)
+    """Every candidate in the answer's order, with its Pos-Fuse arithmetic (the answer keeps the top k)."""
+
+    answer: Optional[Answer] = None
+    """The last answer; kept across turns so follow-ups can refer to it."""

@@ -9,29 +9,28 @@ from langchain_core.tools import tool
 from langgraph.prebuilt import InjectedState
 from langgraph.runtime import get_runtime
 
+from agent.context import Context, Searcher
+from agent.state import Answer
+from retrieval.candidate import Candidate
 from retrieval.lexicon import classes_for
 
 Region = Literal["ear", "nose", "throat", "larynx"]
 
 
-def _candidates(results, matched: Optional[set[str]] = None) -> list[dict]:
-    out = []
-    for r in results:
-        d = r.to_dict()
-        d["filter_match"] = None if matched is None else r.id in matched
-        out.append(d)
-    return out
+def _tagged(results: list[Candidate], query: str, matched: Optional[set[str]] = None) -> list[Candidate]:
+    """The tool's candidates: ranked 1.. in this list, with the query and whether they met the filters."""
+    return [r.model_copy(update={"rank": i, "query": query,
+                                 "filter_match": None if matched is None else r.id in matched})
+            for i, r in enumerate(results, start=1)]
 
 
-def _summary(cands: list[dict]) -> str:
+def _summary(cands: list[Candidate]) -> str:
     """What a chat model reads back: short, ids and labels only (the artifact holds the full candidates)."""
-    return json.dumps([{"rank": i + 1, "id": c["id"][:12], "label": c.get("label") or c.get("predicted"),
-                        "score": round(c["score"], 4)} for i, c in enumerate(cands)])
+    return json.dumps([{"rank": c.rank, "id": c.id[:12], "label": c.label or c.predicted,
+                        "score": round(c.score, 4)} for c in cands])
 
 
-def _searcher():
-    from agent.context import Context
-
+def _searcher() -> Searcher:
     return get_runtime(Context).context.searcher
 
 
@@ -53,38 +52,34 @@ def retrieve(
     classes = classes_for(region, side, state) if (region or side or state) else None
     vec = searcher.encode_text(query)
     if classes is None:
-        cands = _candidates(searcher.by_vector(vec, k))
+        cands = _tagged(searcher.by_vector(vec, k), query)
     else:
         first = searcher.by_vector(vec, k, classes)
         matched = {r.id for r in first}
         rest = [] if len(first) >= k else [r for r in searcher.by_vector(vec, k) if r.id not in matched]
-        cands = _candidates(first + rest, matched)[:k]
-    for i, c in enumerate(cands, start=1):
-        c["rank"], c["query"] = i, query
+        cands = _tagged((first + rest)[:k], query, matched)
     return _summary(cands), cands
 
 
 @tool(response_format="content_and_artifact")
-def similar(image: str, answer: Annotated[Optional[dict], InjectedState("answer")] = None, k: int = 20):
+def similar(image: str, answer: Annotated[Optional[Answer], InjectedState("answer")] = None, k: int = 20):
     """Find images that look like one image: '#N' (rank N of the previous answer), an image id, or a file path."""
     searcher = _searcher()
     k = max(1, min(int(k), 200))
     ref = image.strip()
     if ref.startswith("#") and ref[1:].isdigit():
-        rows = (answer or {}).get("rows", [])
+        rows = answer.rows if answer else []
         n = int(ref[1:])
         if not 1 <= n <= len(rows):
             raise ValueError(f"there is no image #{n} in the previous answer")
-        ref = rows[n - 1]["id"]
+        ref = rows[n - 1].id
     if Path(ref).is_file():
         from retrieval.preprocess import file_sha256
 
         reference, results = file_sha256(ref), searcher.image(ref, k=k + 1)
     else:
         reference, results = ref, searcher.like(ref, k=k + 1)
-    cands = _candidates([r for r in results if r.id != reference][:k])  # "more like #2" means other images
-    for i, c in enumerate(cands, start=1):
-        c["rank"], c["query"] = i, f"like {image}"
+    cands = _tagged([r for r in results if r.id != reference][:k], f"like {image}")  # other images than #2
     return _summary(cands), cands
 
 

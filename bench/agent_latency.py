@@ -64,8 +64,8 @@ def main() -> None:
     totals, nodes = [], {}
     for i in range(args.turns):
         ans = assistant.ask(QUESTIONS[i % len(QUESTIONS)])
-        totals.append(ans["timings"]["total"])
-        for node, ms in ans["timings"].items():
+        totals.append(ans.timings["total"])
+        for node, ms in ans.timings.items():
             if node != "total":
                 nodes.setdefault(node, []).append(ms)
     p50, p95 = statistics.median(totals), statistics.quantiles(totals, n=20)[18]

@@ -1,34 +1,15 @@
 """Search a gallery with the ensemble that indexed it: text -> images and image -> images."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from retrieval.bundle import BundleError, load_bundle
+from retrieval.candidate import Candidate
 from retrieval.ensemble import fold_scores
 from retrieval.preprocess import file_sha256, load_for_model
-
-
-@dataclass
-class Result:
-    rank: int
-    id: str
-    path: str
-    score: float
-    fold_scores: list[float] = field(default_factory=list)
-    label: Optional[str] = None
-    predicted: Optional[str] = None
-    predicted_prob: Optional[float] = None
-
-    @property
-    def name(self) -> str:
-        return Path(self.path).name
-
-    def to_dict(self) -> dict:
-        return asdict(self) | {"name": self.name}
 
 
 def bound_bundle(gallery) -> dict:
@@ -55,7 +36,7 @@ class Searcher:
             raise ValueError("the description is empty")
         return self.ens.encode_texts([query])[0]
 
-    def by_vector(self, query_vec: np.ndarray, k: int, classes: Optional[Sequence[str]] = None) -> list[Result]:
+    def by_vector(self, query_vec: np.ndarray, k: int, classes: Optional[Sequence[str]] = None) -> list[Candidate]:
         where = {"cls": {"$in": list(classes)}} if classes else None
         hits = self.gallery.query(query_vec, k=k, where=where, include_embeddings=True)
         if not hits:
@@ -64,17 +45,17 @@ class Searcher:
         out = []
         for rank, (h, fs) in enumerate(zip(hits, per_fold), start=1):
             m = h.metadata
-            out.append(Result(
+            out.append(Candidate(
                 rank=rank, id=h.id, path=m.get("path", ""), score=float(h.score),
                 fold_scores=[round(float(x), 6) for x in fs], label=m.get("label"),
                 predicted=m.get("predicted"), predicted_prob=m.get("predicted_prob"),
             ))
         return out
 
-    def text(self, query: str, k: int = 10, classes: Optional[Sequence[str]] = None) -> list[Result]:
+    def text(self, query: str, k: int = 10, classes: Optional[Sequence[str]] = None) -> list[Candidate]:
         return self.by_vector(self.encode_text(query), k, classes)
 
-    def image(self, path: str | Path, k: int = 10, classes: Optional[Sequence[str]] = None) -> list[Result]:
+    def image(self, path: str | Path, k: int = 10, classes: Optional[Sequence[str]] = None) -> list[Candidate]:
         """More like this image: its stored vector when indexed, else encoded now."""
         path = Path(path)
         stored = self.gallery.get([file_sha256(path)], include_embeddings=True) if path.is_file() else []
@@ -85,7 +66,7 @@ class Searcher:
             vec = vec[0]
         return self.by_vector(vec, k, classes)
 
-    def like(self, image_id: str, k: int = 10, classes: Optional[Sequence[str]] = None) -> list[Result]:
+    def like(self, image_id: str, k: int = 10, classes: Optional[Sequence[str]] = None) -> list[Candidate]:
         stored = self.gallery.get([image_id], include_embeddings=True)
         if not stored:
             raise KeyError(f"image {image_id} is not in store '{self.gallery.name}'")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -51,6 +52,76 @@ def kger_home(tmp_path, monkeypatch):
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     monkeypatch.delenv("KGER_CHROMA_URL", raising=False)
     return home
+
+
+CLASSES = ("ear-left", "ear-right", "nose-left", "nose-right", "vc-open", "vc-closed", "throat")
+
+
+class _Ensemble:
+    fingerprint = "wordstub00000000"
+    folds = 2
+    path = None
+
+
+class WordSearcher:
+    """A fake of retrieval.search.Searcher, in memory and without a model: it scores an image by the words its
+    label shares with the query, with two 'folds' that disagree a little. Same methods, same `Candidate`s."""
+
+    def __init__(self, items: list[dict]):
+        self.items, self.ens = items, _Ensemble()
+
+    def encode_text(self, query: str):
+        if not query.strip():
+            raise ValueError("the description is empty")
+        return set(re.findall(r"[a-z]+", query.lower()))
+
+    def by_vector(self, words, k: int, classes=None):
+        from retrieval.candidate import Candidate
+
+        scored = []
+        for i, it in enumerate(self.items):
+            if classes and it["label"] not in classes:
+                continue
+            s = 0.3 * len(words & set(it["label"].split("-"))) + 0.01 * (i % 5)
+            scored.append((round(s, 6), i, it))
+        scored.sort(key=lambda t: (-t[0], t[1]))
+        return [Candidate(rank=r, id=it["id"], path=it["path"], score=s, label=it["label"],
+                          fold_scores=[round(s + 0.02 * (i % 3), 6), round(s - 0.02 * (i % 2), 6)])
+                for r, (s, i, it) in enumerate(scored[:k], start=1)]
+
+    def text(self, query: str, k: int = 10, classes=None):
+        return self.by_vector(self.encode_text(query), k, classes)
+
+    def like(self, image_id: str, k: int = 10, classes=None):
+        label = next((it["label"] for it in self.items if it["id"] == image_id), None)
+        if label is None:
+            raise KeyError(f"image {image_id} is not in the store")
+        return self.by_vector(set(label.split("-")), k, classes)
+
+    def image(self, path, k: int = 10, classes=None):
+        return self.like(next(it["id"] for it in self.items if it["path"] == str(path)), k, classes)
+
+
+def make_images(folder: Path) -> list[dict]:
+    """Two discs on black per class, each a different colour: enough for thumbnails and the Gemini judge."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True)
+    items = []
+    for c, label in enumerate(CLASSES):
+        for j in range(2):
+            path = folder / f"{label}-{j}.png"
+            img = Image.new("RGB", (160, 120))
+            ImageDraw.Draw(img).ellipse((30, 10, 130, 110), fill=(200 - 20 * c, 90 + 10 * j, 80 + 15 * c))
+            img.save(path)
+            items.append({"id": f"{label}-{j}".replace("-", "") + "0" * 8, "path": str(path), "label": label})
+    return items
+
+
+@pytest.fixture
+def word_searcher(tmp_path) -> WordSearcher:
+    """The fake searcher over 14 small synthetic images (2 per class) in this test's tmp_path."""
+    return WordSearcher(make_images(tmp_path / "imgs"))
 
 
 @pytest.fixture(scope="session")

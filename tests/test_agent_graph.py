@@ -27,16 +27,16 @@ def assistant(real_store, monkeypatch):
 
 def test_offline_turn_ranks_the_named_class_first_and_explains(assistant):
     ans = assistant.ask("white discharge in the left ear canal")
-    rows = ans["rows"]
-    assert len(rows) == 5 and [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
-    assert all(r["label"] == "ear-left" for r in rows)  # 9 left-ear images exist; the side is a hard constraint
+    rows = ans.rows
+    assert len(rows) == 5 and [r.rank for r in rows] == [1, 2, 3, 4, 5]
+    assert all(r.label == "ear-left" for r in rows)  # 9 left-ear images exist; the side is a hard constraint
     for r in rows:
-        assert 0 <= r["judge"] <= 1 and 0 <= r["fused"] <= 1
-        assert "ear-left" in r["justification"] and r["judge_kind"] == "offline"
-        assert "=" in r["formula"] and len(r["fold_scores"]) == 2
-    fused = [r["fused"] for r in rows if not r["demoted"]]
+        assert 0 <= r.judge <= 1 and 0 <= r.fused <= 1
+        assert "ear-left" in r.justification and r.judge_kind == "offline"
+        assert "=" in r.formula and len(r.fold_scores) == 2
+    fused = [r.fused for r in rows if not r.demoted]
     assert fused == sorted(fused, reverse=True)
-    assert set(ans["timings"]) >= {"plan", "tools", "judge", "fuse", "answer", "total"}
+    assert set(ans.timings) >= {"plan", "tools", "judge", "fuse", "answer", "total"}
 
 
 @pytest.mark.parametrize("question", ["left ear", "right nasal cavity", "R TM retracted", "AS", "left-sided nasal polyp"])
@@ -44,8 +44,8 @@ def test_a_named_side_never_ranks_the_opposite_side_above_it(assistant, question
     from retrieval.lexicon import parse
 
     side = parse(question).side
-    rows = assistant.ask(question)["rows"]
-    sides = [SIDE_OF.get(r["label"]) for r in rows]
+    rows = assistant.ask(question).rows
+    sides = [SIDE_OF.get(r.label) for r in rows]
     assert sides[0] == side
     first_wrong = next((i for i, s in enumerate(sides) if s and s != side), len(sides))
     assert all(s != side for s in sides[first_wrong:] if s)  # nothing of the asked side below a wrong one
@@ -54,22 +54,22 @@ def test_a_named_side_never_ranks_the_opposite_side_above_it(assistant, question
 def test_answers_are_deterministic(assistant):
     a = assistant.ask("closed vocal cords, phonation")
     b = assistant.ask("closed vocal cords, phonation")
-    assert [(r["id"], r["fused"]) for r in a["rows"]] == [(r["id"], r["fused"]) for r in b["rows"]]
-    assert a["rows"][0]["label"] == "vc-closed"
+    assert [(r.id, r.fused) for r in a.rows] == [(r.id, r.fused) for r in b.rows]
+    assert a.rows[0].label == "vc-closed"
 
 
 def test_follow_ups_keep_the_conversation(assistant):
     first = assistant.ask("left ear with wax", thread_id="conv-1")
-    assert first["rows"][0]["label"] == "ear-left"
+    assert first.rows[0].label == "ear-left"
     right = assistant.ask("only the right side", thread_id="conv-1")
-    assert all(r["label"] == "ear-right" for r in right["rows"])
-    assert "right" in right["question"] and "wax" in right["question"]
+    assert all(r.label == "ear-right" for r in right.rows)
+    assert "right" in right.question and "wax" in right.question
     like = assistant.ask("more like number 2", thread_id="conv-1")
-    assert right["rows"][1]["id"] not in {r["id"] for r in like["rows"]}  # other images, not #2 itself
-    assert all(r["label"] == "ear-right" for r in like["rows"])
+    assert right.rows[1].id not in {r.id for r in like.rows}  # other images, not #2 itself
+    assert all(r.label == "ear-right" for r in like.rows)
     # another thread knows nothing of that conversation
     other = assistant.ask("only the right side", thread_id="conv-2")
-    assert other["question"] == "only the right side"
+    assert other.question == "only the right side"
 
 
 def test_several_findings_become_several_queries():
@@ -84,16 +84,16 @@ def test_a_scripted_chat_model_drives_the_same_graph(assistant):
         {"name": "retrieve", "args": {"query": "vocal folds", "region": "larynx", "state": "open"}, "id": "c1",
          "type": "tool_call"}])]))
     a = Assistant(searcher=assistant.searcher, planner=scripted, judge=OfflineJudge(), k=5)
-    rows = a.ask("show me the larynx")["rows"]
-    assert rows[0]["label"] == "vc-open" and all(r["label"] in ("vc-open", None) for r in rows[:3])
+    rows = a.ask("show me the larynx").rows
+    assert rows[0].label == "vc-open" and all(r.label in ("vc-open", None) for r in rows[:3])
 
 
 def test_a_planner_without_tool_calls_falls_back_offline(assistant):
     talker = GenericFakeChatModel(messages=iter([AIMessage(content="I think it is an ear.")]))
     a = Assistant(searcher=assistant.searcher, planner=talker, judge=OfflineJudge(), k=3, traces=assistant.traces)
     ans = a.ask("right ear")
-    assert ans["rows"][0]["label"] == "ear-right"
-    plan_event = next(e for e in assistant.traces.get_run(ans["run_id"])["events"] if e["node"] == "plan")
+    assert ans.rows[0].label == "ear-right"
+    plan_event = next(e for e in assistant.traces.get_run(ans.run_id)["events"] if e["node"] == "plan")
     assert plan_event["payload"]["fallback"] and plan_event["payload"]["planner"] == "offline"
 
 
@@ -126,8 +126,8 @@ def test_gemini_planner_and_judge_through_the_real_client(assistant, monkeypatch
     judge_requests = [r for r in stub.requests if r.inline_data()]
     assert len(planner_requests) == 1 and len(judge_requests) == 4
     assert any("white discharge in the left ear canal" in t for t in planner_requests[0].texts())
-    assert all(r["judge_kind"] == "gemini" and r["judge"] == pytest.approx(0.9) for r in ans["rows"])
-    assert all(r["label"] == "ear-left" for r in ans["rows"])
+    assert all(r.judge_kind == "gemini" and r.judge == pytest.approx(0.9) for r in ans.rows)
+    assert all(r.label == "ear-left" for r in ans.rows)
     # the key went only in a header, never into the trace database
     assert all(r.headers.get("x-goog-api-key") == key for r in stub.requests)
     db = sqlite3.connect(str(assistant.traces.path))
@@ -147,23 +147,23 @@ def test_gemini_failures_fall_back_and_say_why(assistant):
         a = Assistant(searcher=assistant.searcher, llm="gemini", planner=planner, judge=judge, k=3, pool=3,
                       traces=assistant.traces)
         ans = a.ask("right nasal cavity")
-    assert ans["rows"][0]["label"] == "nose-right"  # offline planner and judge took over
-    assert all(r["judge_kind"] == "offline" and "500" in (r["fallback"] or "") for r in ans["rows"])
-    run = assistant.traces.get_run(ans["run_id"])
+    assert ans.rows[0].label == "nose-right"  # offline planner and judge took over
+    assert all(r.judge_kind == "offline" and "500" in (r.fallback or "") for r in ans.rows)
+    run = assistant.traces.get_run(ans.run_id)
     plan_event = next(e for e in run["events"] if e["node"] == "plan")
     assert "500" in plan_event["payload"]["fallback"]
 
 
 def test_every_node_leaves_a_trace(assistant):
     ans = assistant.ask("left nasal cavity, septal deviation")
-    run = assistant.traces.get_run(ans["run_id"])
+    run = assistant.traces.get_run(ans.run_id)
     assert run["status"] == "ok" and run["input"] == "left nasal cavity, septal deviation"
     nodes = [(e["node"], e["kind"]) for e in run["events"]]
     assert nodes == [("plan", "tool_calls"), ("retrieve", "candidates"), ("judge", "verdicts"), ("fuse", "table")]
     cands = run["events"][1]["payload"]["candidates"]
     assert all(len(c["fold_scores"]) == 2 for c in cands)
     table = run["events"][3]["payload"]["table"]
-    assert [t["id"] for t in table][:5] == [r["id"] for r in ans["rows"]]
+    assert [t["id"] for t in table][:5] == [r.id for r in ans.rows]
 
 
 def test_offline_planner_is_a_chat_model():

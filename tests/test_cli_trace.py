@@ -1,13 +1,12 @@
 """`kger trace list | show | export`: real runs of the real graph (offline planner and judge, and the real
 Gemini judge against the local REST stub), read back by the CLI without building any model.
 
-Retrieval is not under test here, so a small word-overlap searcher over synthetic endoscope-like images
-stands in for the NanoCLIP ensemble + Chroma (see test_cli_chat.py for the whole stack).
+Retrieval is not under test here, so the word-overlap searcher of conftest.py over synthetic endoscope-like
+images stands in for the NanoCLIP ensemble + Chroma (see test_cli_chat.py for the whole stack).
 """
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from datetime import datetime, timedelta
@@ -16,7 +15,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from PIL import Image, ImageDraw
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
@@ -31,69 +29,16 @@ from gemini_stub import GeminiStub, text_reply
 from store.paths import traces_db_path
 from store.traces import TraceDB
 
-CLASSES = ("ear-left", "ear-right", "nose-left", "nose-right", "vc-open", "vc-closed", "throat")
 GOOD = json.dumps({"score": 0.9, "justification": "Right drum <b>intact</b>.", "region_seen": "ear"})
 BAD = "Looks like an ear </pre><script>alert('raw')</script>"
 HOSTILE = "throat <script>alert(1)</script> & tonsils"
 
 
-class _Ensemble:
-    fingerprint = "wordstub00000000"
-    folds = 2
-    path = None
-
-
-class WordSearcher:
-    """Scores an image by the words its label shares with the query; two 'folds' that disagree a little."""
-
-    def __init__(self, items: list[dict]):
-        self.items, self.ens = items, _Ensemble()
-
-    def encode_text(self, query: str):
-        return set(re.findall(r"[a-z]+", query.lower()))
-
-    def by_vector(self, words, k: int, classes=None):
-        from retrieval.search import Result
-
-        scored = []
-        for i, it in enumerate(self.items):
-            if classes and it["label"] not in classes:
-                continue
-            s = 0.3 * len(words & set(it["label"].split("-"))) + 0.01 * (i % 5)
-            scored.append((round(s, 6), i, it))
-        scored.sort(key=lambda t: (-t[0], t[1]))
-        return [Result(rank=r, id=it["id"], path=it["path"], score=s, label=it["label"],
-                       fold_scores=[round(s + 0.02 * (i % 3), 6), round(s - 0.02 * (i % 2), 6)])
-                for r, (s, i, it) in enumerate(scored[:k], start=1)]
-
-    def like(self, image_id: str, k: int, classes=None):
-        label = next(it["label"] for it in self.items if it["id"] == image_id)
-        return self.by_vector(set(label.split("-")), k, classes)
-
-    def image(self, path, k: int, classes=None):
-        return self.like(next(it["id"] for it in self.items if it["path"] == str(path)), k, classes)
-
-
-def make_images(folder: Path) -> list[dict]:
-    """Two discs on black per class, each a different colour: enough for thumbnails and the Gemini judge."""
-    folder.mkdir(parents=True)
-    items = []
-    for c, label in enumerate(CLASSES):
-        for j in range(2):
-            path = folder / f"{label}-{j}.png"
-            img = Image.new("RGB", (160, 120))
-            ImageDraw.Draw(img).ellipse((30, 10, 130, 110), fill=(200 - 20 * c, 90 + 10 * j, 80 + 15 * c))
-            img.save(path)
-            items.append({"id": f"{label}-{j}".replace("-", "") + "0" * 8, "path": str(path), "label": label})
-    return items
-
-
 @pytest.fixture
-def traced(tmp_path):
+def traced(word_searcher):
     """Four real runs in KGER_HOME's traces.db: an ask, a chat follow-up in its thread, a batch run with
     markup in its input, and a Gemini run (planner without key -> offline fallback; judge via the stub)."""
-    items = make_images(tmp_path / "imgs")
-    searcher = WordSearcher(items)
+    searcher = word_searcher
     db = TraceDB(traces_db_path())
     offline = Assistant(searcher=searcher, traces=db, k=3, pool=6, planner=OfflinePlanner(), judge=OfflineJudge())
     left = offline.ask("left ear, tympanic membrane", thread_id="thread-1", kind="ask")
@@ -107,7 +52,7 @@ def traced(tmp_path):
         gem = Assistant(searcher=searcher, traces=db, k=3, pool=3, planner=planner, judge=judge, llm="gemini")
         gemini = gem.ask("right ear, tympanic membrane", kind="ask")
     db.close()
-    return SimpleNamespace(left=left, right=right, hostile=hostile, gemini=gemini, items=items)
+    return SimpleNamespace(left=left, right=right, hostile=hostile, gemini=gemini, items=searcher.items)
 
 
 @pytest.fixture
@@ -156,14 +101,14 @@ def test_list_newest_first_with_filters(traced, no_models):
     listed = kger("trace", "list", "--json")
     assert listed.exit_code == 0, listed.output
     ids = [r["id"] for r in json.loads(listed.stdout)]
-    assert ids == [traced.gemini["run_id"], traced.hostile["run_id"], traced.right["run_id"]]  # last 3 by default
+    assert ids == [traced.gemini.run_id, traced.hostile.run_id, traced.right.run_id]  # last 3 by default
 
     everything = json.loads(kger("trace", "list", "-n", "0", "--json").stdout)
-    assert [r["id"] for r in everything][-1] == traced.left["run_id"] and len(everything) == 4
-    assert [r["id"] for r in json.loads(kger("trace", "list", "-n", "1", "--json").stdout)] == [traced.gemini["run_id"]]
+    assert [r["id"] for r in everything][-1] == traced.left.run_id and len(everything) == 4
+    assert [r["id"] for r in json.loads(kger("trace", "list", "-n", "1", "--json").stdout)] == [traced.gemini.run_id]
 
     found = json.loads(kger("trace", "list", "-n", "0", "--query", "TYMPANIC", "--json").stdout)
-    assert {r["id"] for r in found} == {traced.left["run_id"], traced.gemini["run_id"]}
+    assert {r["id"] for r in found} == {traced.left.run_id, traced.gemini.run_id}
 
     tomorrow = (datetime.now() + timedelta(days=1)).date().isoformat()
     yesterday = (datetime.now() - timedelta(days=1)).date().isoformat()
@@ -180,8 +125,8 @@ def test_list_human_table(traced, no_models, wide):
     shown = kger("trace", "list")
     assert shown.exit_code == 0
     for run in (traced.gemini, traced.hostile, traced.right):
-        assert run["run_id"][:12] in shown.stdout
-    assert traced.left["run_id"][:12] not in shown.stdout
+        assert run.run_id[:12] in shown.stdout
+    assert traced.left.run_id[:12] not in shown.stdout
     assert "only the right side" in shown.stdout and "ear-right" in shown.stdout  # the top image's class
 
 
@@ -189,11 +134,11 @@ def test_list_human_table(traced, no_models, wide):
 
 
 def test_show_walks_through_every_step(traced, no_models, wide):
-    run = _record(traced.right["run_id"][:8])
-    shown = kger("trace", "show", traced.right["run_id"][:8])
+    run = _record(traced.right.run_id[:8])
+    shown = kger("trace", "show", traced.right.run_id[:8])
     assert shown.exit_code == 0, shown.output
     out = shown.stdout
-    assert f"# Run {traced.right['run_id']}" in out
+    assert f"# Run {traced.right.run_id}" in out
     assert "## Input" in out and "only the right side" in out
     assert "thread: thread-1" in out and "kind: chat" in out
     # the planner's tool call (the follow-up resolved against the left-ear question)
@@ -212,7 +157,7 @@ def test_show_walks_through_every_step(traced, no_models, wide):
 
 
 def test_show_gemini_run_has_raw_answers_and_fallback_reasons(traced, no_models, wide):
-    out = kger("trace", "show", traced.gemini["run_id"]).stdout
+    out = kger("trace", "show", traced.gemini.run_id).stdout
     assert "planner: offline" in out and "fallback: no GOOGLE_API_KEY" in out
     assert "Right drum <b>intact</b>." in out  # parsed justification and the raw JSON it came from
     assert GOOD in out
@@ -221,9 +166,9 @@ def test_show_gemini_run_has_raw_answers_and_fallback_reasons(traced, no_models,
 
 
 def test_show_json_is_the_record(traced, no_models):
-    shown = kger("trace", "show", traced.left["run_id"], "--json")
+    shown = kger("trace", "show", traced.left.run_id, "--json")
     assert shown.exit_code == 0
-    assert json.loads(shown.stdout) == _record(traced.left["run_id"])
+    assert json.loads(shown.stdout) == _record(traced.left.run_id)
 
 
 def test_unknown_run_is_one_line_exit_1(traced, no_models):
@@ -245,14 +190,14 @@ def test_no_trace_database_yet(kger_home, no_models):
 
 
 def test_export_json_to_stdout_and_file(traced, no_models, tmp_path):
-    res = kger("trace", "export", traced.right["run_id"][:10])
+    res = kger("trace", "export", traced.right.run_id[:10])
     assert res.exit_code == 0
-    record = _record(traced.right["run_id"])
+    record = _record(traced.right.run_id)
     assert json.loads(res.stdout) == record
     out = tmp_path / "sub" / "run.json"
-    res = kger("trace", "export", traced.right["run_id"], "--format", "json", "--out", str(out))
+    res = kger("trace", "export", traced.right.run_id, "--format", "json", "--out", str(out))
     assert res.exit_code == 0 and json.loads(out.read_text()) == record
-    assert kger("trace", "export", traced.right["run_id"], "--format", "pdf").exit_code == 2
+    assert kger("trace", "export", traced.right.run_id, "--format", "pdf").exit_code == 2
 
 
 class Page(HTMLParser):
@@ -283,32 +228,32 @@ def parse(html_text: str) -> Page:
 
 def test_export_html_is_self_contained_and_escaped(traced, no_models, tmp_path):
     out = tmp_path / "gemini.html"
-    res = kger("trace", "export", traced.gemini["run_id"], "--format", "html", "--out", str(out))
+    res = kger("trace", "export", traced.gemini.run_id, "--format", "html", "--out", str(out))
     assert res.exit_code == 0, res.output
     text = out.read_text()
     page = parse(text)
     assert "right ear, tympanic membrane" in page.content
-    rows = traced.gemini["rows"]
+    rows = traced.gemini.rows
     imgs = [a["src"] for t, a in page.tags if t == "img"]
     assert len(imgs) == len(rows) and all(s.startswith("data:image/jpeg;base64,") for s in imgs)
     for row in rows:
-        assert row["formula"] in page.content
+        assert row.formula in page.content
     assert BAD in page.content and GOOD in page.content  # shown as text...
     assert not any(t == "script" for t, _ in page.tags)  # ...never run
     assert "<b>intact</b>" not in text and "&lt;b&gt;intact&lt;/b&gt;" in text
     assert not any(v.startswith(("http:", "https:", "//")) for _, a in page.tags for v in a.values() if v)
 
     hostile = tmp_path / "hostile.html"
-    kger("trace", "export", traced.hostile["run_id"], "--format", "html", "--out", str(hostile))
+    kger("trace", "export", traced.hostile.run_id, "--format", "html", "--out", str(hostile))
     page = parse(hostile.read_text())
     assert HOSTILE in page.content and not any(t == "script" for t, _ in page.tags)
 
 
 def test_export_html_default_file_name(traced, no_models, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    res = kger("trace", "export", traced.left["run_id"], "-f", "html")
+    res = kger("trace", "export", traced.left.run_id, "-f", "html")
     assert res.exit_code == 0
-    written = tmp_path / f"kger-run-{traced.left['run_id'][:12]}.html"
+    written = tmp_path / f"kger-run-{traced.left.run_id[:12]}.html"
     assert written.is_file() and "left ear, tympanic membrane" in parse(written.read_text()).content
 
 
@@ -318,12 +263,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
 def test_export_html_renders_in_chromium(traced, tmp_path):
     out = tmp_path / "run.html"
-    kger("trace", "export", traced.right["run_id"], "--format", "html", "--out", str(out))
+    kger("trace", "export", traced.right.run_id, "--format", "html", "--out", str(out))
     dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", out.as_uri()],
                          capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     page = parse(dom.stdout)
     assert "only the right side" in page.content
-    assert sum(1 for t, _ in page.tags if t == "img") == len(traced.right["rows"])
-    for row in traced.right["rows"]:
-        assert row["formula"] in page.content
+    assert sum(1 for t, _ in page.tags if t == "img") == len(traced.right.rows)
+    for row in traced.right.rows:
+        assert row.formula in page.content

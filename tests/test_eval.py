@@ -14,15 +14,26 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from agent.evaluate import (
-    STAGES, EvalRecord, deltas, fusion_grid, judge_order, refuse, resolve_truth, split_queries, stage_rankings,
-    tune_fusion,
+from agent.cli.evaluate import (
+    STAGES, EvalRecord, deltas, fused_order, fusion_grid, judge_order, resolve_truth, split_queries,
+    stage_rankings, tune_fusion,
 )
-from agent.fuse import FuseConfig
-from agent.queries import Truth
+from agent.posfuse import FuseConfig
+from agent.cli.queries import Truth
+from agent.state import Answer, AnswerRow
 from test_cli_batch import CLASS_QUERIES, T2I_JSON, build_store, lines_of
 
 runner = CliRunner()
+
+
+def row(**fields) -> AnswerRow:
+    """An answer row with only the fields a test sets (the rest as the graph would leave them empty)."""
+    return AnswerRow(**{"rank": 0, "path": "", "retrieval": 0.0, "fused": 0.0, "formula": ""} | fields)
+
+
+def rows_of(line: dict) -> list[AnswerRow]:
+    """A batch line's rows, typed as the graph made them."""
+    return [AnswerRow.model_validate(r) for r in line["rows"]]
 
 
 def kger(*args, home):
@@ -125,7 +136,7 @@ def test_class_eval_matches_a_hand_computation_for_every_stage(blind_eval, store
 def test_default_fusion_recomputed_from_rows_reproduces_every_answer(blind_eval):
     _, batch = blind_eval
     for d in batch.values():
-        assert refuse(d["rows"], FuseConfig()) == [r["id"] for r in d["rows"]]
+        assert fused_order(rows_of(d), FuseConfig()) == [r["id"] for r in d["rows"]]
 
 
 def test_tune_fusion_reports_both_splits_and_its_numbers_recompute(blind_eval, store_home, entrep_labels):
@@ -144,7 +155,7 @@ def test_tune_fusion_reports_both_splits_and_its_numbers_recompute(blind_eval, s
     for split, queries in (("tune", tune_q), ("test", test_q)):
         for which in ("default", "best"):
             cfg = FuseConfig(**tuned[which])
-            hits = [[cls[i] == CLASS_QUERIES[q] for i in refuse(batch[q]["rows"], cfg)] for q in queries]
+            hits = [[cls[i] == CLASS_QUERIES[q] for i in fused_order(rows_of(batch[q]), cfg)] for q in queries]
             assert_metrics(tuned[split][which], hand_metrics(hits, [n_of[q] for q in queries]))
 
 
@@ -209,10 +220,10 @@ def test_resolve_truth_matches_names_and_classes_but_never_predictions():
 
 
 def test_judge_order_breaks_ties_by_retrieval_rank_then_id_and_puts_unjudged_last():
-    rows = [{"id": "z", "judge": 0.5, "retrieval_rank": 3}, {"id": "y", "judge": None, "retrieval_rank": 1},
-            {"id": "x", "judge": 0.5, "retrieval_rank": 2}, {"id": "w", "judge": 0.9, "retrieval_rank": 4}]
+    rows = [row(id="z", judge=0.5, retrieval_rank=3), row(id="y", judge=None, retrieval_rank=1),
+            row(id="x", judge=0.5, retrieval_rank=2), row(id="w", judge=0.9, retrieval_rank=4)]
     assert judge_order(rows) == ["w", "x", "z", "y"]
-    assert stage_rankings({"rows": rows}, ensemble=["q"]) == {
+    assert stage_rankings(Answer(rows=rows), ensemble=["q"]) == {
         "ensemble": ["q"], "retrieval": ["y", "x", "z", "w"], "judge": ["w", "x", "z", "y"], "fused": ["z", "y", "x", "w"]}
 
 
@@ -230,21 +241,21 @@ def test_split_is_seeded_and_a_partition():
     assert split_queries(qs, 8) != (a, b)
 
 
-def _rows() -> list[dict]:
+def _rows() -> list[AnswerRow]:
     """Retrieval puts the relevant image 'r' first; the judge (wrongly) scores it lowest."""
     ids = ["r", "n1", "n2", "n3", "n4"]
-    return [{"id": i, "retrieval_rank": n, "retrieval": 0.9 - 0.1 * n, "judge": 0.0 if i == "r" else 1.0 - 0.1 * n,
-             "demoted": None} for n, i in enumerate(ids, start=1)]
+    return [row(id=i, retrieval_rank=n, retrieval=0.9 - 0.1 * n, judge=0.0 if i == "r" else 1.0 - 0.1 * n,
+                demoted=None) for n, i in enumerate(ids, start=1)]
 
 
 def test_tuning_finds_a_better_fusion_when_the_default_is_wrong():
     records = [EvalRecord(f"q{i}", frozenset({"r"}), {}, _rows()) for i in range(6)]
-    assert refuse(records[0].rows, FuseConfig())[0] != "r"  # the default trusts the (wrong) judge
+    assert fused_order(records[0].rows, FuseConfig())[0] != "r"  # the default trusts the (wrong) judge
     tuned = tune_fusion(records, seed=0)
     assert tuned["test"]["default"]["R@1"] == 0.0
     assert tuned["test"]["best"]["R@1"] == 1.0 and tuned["test"]["best"]["MRR"] == 1.0
     assert tuned["best"] != asdict(FuseConfig())
-    assert refuse(records[0].rows, FuseConfig(**tuned["best"]))[0] == "r"
+    assert fused_order(records[0].rows, FuseConfig(**tuned["best"]))[0] == "r"
 
 
 def test_deltas_keep_their_sign():

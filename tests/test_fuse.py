@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from agent.fuse import STRATEGIES, FuseConfig, fuse, position_probs
+from agent.posfuse import STRATEGIES, FuseConfig, fuse, position_probs
 
 RETRIEVAL = [("a", 0.91), ("b", 0.85), ("c", 0.80), ("d", 0.72), ("e", 0.70)]
 # judge answers in an arbitrary order; "x" was judged but is not in the retrieval list, "d" was not judged

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import typer
 
-from agent.cli import ask, bundle, demo, gallery, train
-from agent.cli import batch
-from agent.cli import chat, trace
+from agent.cli import ask, batch, bundle, chat, demo, gallery, trace, train
+from agent.cli import eval as eval_cmd
 from agent.cli.common import KgerGroup
 
 app = typer.Typer(
@@ -24,7 +23,7 @@ app.command("ask")(ask.ask)
 app.command("chat")(chat.chat)
 app.add_typer(trace.app, name="trace")
 app.command("batch")(batch.batch)
-app.command("eval")(batch.evaluate)
+app.command("eval")(eval_cmd.evaluate)
 app.command("train")(train.train)
 app.command("demo")(demo.demo)
 

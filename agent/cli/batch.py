@@ -1,52 +1,26 @@
-"""`kger batch` (answer a file of queries, resumably) and `kger eval` (score every stage against ground truth)."""
+"""`kger batch`: answer a file of queries through the whole agent, resumably, one JSON line per query."""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.table import Table
 
-from agent.cli.ask import LlmOpt, check_llm, open_assistant
 from agent.cli.common import (
-    ChromaUrlOpt, HomeOpt, JsonOpt, StoreOpt, err_console, out_console, print_json, progress, set_home,
+    BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, PoolOpt, StoreOpt, check_llm, err_console,
+    open_assistant, out_console, print_json, progress, report_skipped, set_home,
 )
+
+if TYPE_CHECKING:
+    from agent.cli.queries import Query
+    from agent.state import Answer
 
 try:
     import fcntl
 except ImportError:  # Windows: no lock against two batch runs appending to one file
     fcntl = None  # type: ignore[assignment]
-
-
-class BatchError(ValueError):
-    """A user-facing failure (the CLI prints its one line and exits 1)."""
-
-
-ConcurrencyOpt = Annotated[int, typer.Option(
-    "--concurrency", min=1, max=64, help="Judge calls in flight at once (Gemini; the offline judge ignores it).")]
-
-PoolOpt = Annotated[int, typer.Option("--pool", min=1, max=1000, help="Candidates retrieved and judged per query.")]
-
-
-def _assistant(store: str, chroma_url: Optional[str], llm: str, k: int, pool: int, concurrency: int):
-    kw = {}
-    if llm == "gemini":
-        from agent.assistant import make_planner_and_judge
-
-        kw["planner"], kw["judge"] = make_planner_and_judge("gemini", judge_concurrency=concurrency)
-    return open_assistant(store, chroma_url, llm, k, pool=pool, **kw)
-
-
-SHOWN = 20  # entries listed on stderr before "... and N more"; --json lists all
-
-
-def _report_skipped(what: str, skipped, unit: str) -> None:
-    for s in skipped[:SHOWN]:
-        err_console.print(f"[yellow]{what} {unit} {s.line}[/yellow]: {s.reason}, skipped")
-    if len(skipped) > SHOWN:
-        err_console.print(f"... and {len(skipped) - SHOWN} more {what} {unit}s skipped (all listed in --json)")
 
 
 # -- the results file --------------------------------------------------------------------------------------
@@ -151,14 +125,14 @@ def report_runs(lines: list[dict]) -> list[dict]:
     return runs
 
 
-def answer_line(query, answer: dict, store: str, k: int) -> dict:
-    return {"query": query.text, "line": query.line, "run_id": answer.get("run_id"),
-            "thread_id": answer.get("thread_id"), "llm": answer.get("llm"), "store": store, "k": k,
-            "constraints": answer.get("constraints", {}), "rows": answer.get("rows", []),
-            "timings": answer.get("timings", {}), "error": None}
+def answer_line(query: Query, answer: Answer, store: str, k: int) -> dict:
+    """The results file's line for an answered query (the rows as `AnswerRow.model_dump()` writes them)."""
+    return {"query": query.text, "line": query.line, "run_id": answer.run_id, "thread_id": answer.thread_id,
+            "llm": answer.llm, "store": store, "k": k, "constraints": answer.constraints,
+            "rows": [r.model_dump() for r in answer.rows], "timings": answer.timings, "error": None}
 
 
-def error_line(query, error: BaseException, llm: str, store: str, k: int) -> dict:
+def error_line(query: Query, error: BaseException, llm: str, store: str, k: int) -> dict:
     return {"query": query.text, "line": query.line, "run_id": None, "thread_id": None, "llm": llm, "store": store,
             "k": k, "constraints": {}, "rows": [], "timings": {}, "error": f"{type(error).__name__}: {error}"}
 
@@ -186,10 +160,10 @@ def batch(
     """
     set_home(home)
     check_llm(llm)
-    from agent.queries import read_queries
+    from agent.cli.queries import read_queries
 
     parsed = read_queries(queries)
-    _report_skipped("queries", parsed.skipped, parsed.unit)
+    report_skipped("queries", parsed.skipped, parsed.unit)
     stats = {"done": 0, "failed": 0, "fallback_rows": 0, "fallback_queries": 0, "cache_hits": 0}
     failures = []
     interrupted, skipped = False, 0
@@ -208,7 +182,7 @@ def batch(
             err_console.print(f"[yellow]note:[/yellow] {out} already holds answers made with --llm "
                               f"{', '.join(sorted(map(str, other)))}; they are kept, not redone")
         if todo:
-            assistant = _assistant(store, chroma_url, llm, k, pool, concurrency)
+            assistant = open_assistant(store, chroma_url, llm, k, pool=pool, concurrency=concurrency)
             with progress(disable=json_out) as bar:
                 task = bar.add_task("Answering", total=len(todo))
                 for q in todo:
@@ -237,7 +211,7 @@ def batch(
     if submission_path:
         _write_atomic(submission_path, json.dumps(submission(in_order), indent=2, ensure_ascii=False) + "\n")
     if report:
-        from agent.report import render_batch
+        from agent.cli.report import render_batch
 
         _write_atomic(report, render_batch(report_runs(in_order), title=f"kger batch: {queries.name}"))
 
@@ -266,152 +240,3 @@ def batch(
     if stats["failed"]:
         err_console.print(f"Error: {stats['failed']} queries failed (their lines in {out} say why); rerun to retry them")
         raise typer.Exit(1)
-
-
-# -- eval ----------------------------------------------------------------------------------------------------
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
-def _delta(x: float) -> str:
-    if abs(x) < 1e-12:
-        return "[dim]0.0[/dim]"
-    return f"[green]+{100 * x:.1f}[/green]" if x > 0 else f"[red]{100 * x:.1f}[/red]"
-
-
-def metrics_table(metrics: dict[str, dict], deltas: list[dict], title: str) -> Table:
-    from agent.evaluate import METRICS, STAGE_HELP
-
-    caption = "\n".join(f"{s}: {STAGE_HELP[s]}" for s in metrics if s in STAGE_HELP)
-    t = Table(title=title, title_justify="left", caption=caption + "\ndeltas in percentage points",
-              caption_justify="left")
-    t.add_column("stage")
-    for m in METRICS:
-        t.add_column(m + " %", justify="right")
-    for stage, m in metrics.items():
-        t.add_row(stage, *(_pct(m[k]) for k in METRICS))
-    t.add_section()
-    for d in deltas:
-        t.add_row(f"{d['to']} - {d['from']}", *(_delta(d[k]) for k in METRICS))
-    return t
-
-
-def tune_table(tuned: dict) -> Table:
-    from agent.evaluate import METRICS
-
-    t = Table(title=f"Fusion tuning (seed {tuned['seed']}: tuned on {len(tuned['split']['tune'])} queries, "
-                    f"tested on {len(tuned['split']['test'])})", title_justify="left")
-    t.add_column("split")
-    t.add_column("fusion")
-    for m in METRICS:
-        t.add_column(m + " %", justify="right")
-    for split in ("tune", "test"):
-        for which in ("default", "best"):
-            m = tuned[split][which]
-            t.add_row(split, which, *(_pct(m[k]) for k in METRICS))
-    return t
-
-
-def _describe(cfg: dict) -> str:
-    if cfg["strategy"] == "rrf":
-        return f"rrf k={cfg['rrf_k']}"
-    return (f"{cfg['strategy']} w_retrieval={cfg['w_retrieval']:g} w_judge={cfg['w_judge']:g} "
-            f"decay={cfg['decay']:g} judge_pos_weight={cfg['judge_pos_weight']:g}")
-
-
-def evaluate(
-    gt: Annotated[Path, typer.Argument(help="Ground truth: ENTRep t2i.json ({description: image}), a CSV "
-                                            "(query,image or query,class) or JSON {query: class}.")],
-    llm: LlmOpt = "offline",
-    k: Annotated[int, typer.Option("--k", "-k", min=1, max=1000,
-                                   help="Candidates per query; every stage is ranked over these.")] = 20,
-    labels: Annotated[Optional[Path], typer.Option(
-        "--labels", help="cls.json or CSV giving each image's class for class-level ground truth "
-                         "(default: the labels the store was indexed with).")] = None,
-    tune_fusion: Annotated[bool, typer.Option(
-        "--tune-fusion", help="Search fusion settings on one half of the queries, report them on the other.")] = False,
-    split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of the tune/test split.")] = 0,
-    concurrency: ConcurrencyOpt = 4,
-    store: StoreOpt = "default",
-    chroma_url: ChromaUrlOpt = None,
-    home: HomeOpt = None,
-    json_out: JsonOpt = False,
-):
-    """Recall@1/5/10, MRR and nDCG@10 for each stage (ensemble, agent retrieval, judge, fused), with deltas.
-
-    One traced agent run per query gives every stage (its answer keeps all K candidates and their scores).
-    Queries whose relevant images are not in the store are listed and left out.
-    """
-    set_home(home)
-    check_llm(llm)
-    from agent import evaluate as ev
-    from agent.queries import read_ground_truth
-
-    parsed = read_ground_truth(gt)
-    _report_skipped("ground truth", parsed.skipped, parsed.unit)
-    label_map = None
-    if labels is not None:
-        from retrieval.labels import read_labels
-
-        label_map = read_labels(labels)
-    assistant = _assistant(store, chroma_url, llm, k, k, concurrency)
-    records_meta = assistant.searcher.gallery.all_metadata()
-    resolved, excluded = ev.resolve_truth(parsed.items, records_meta, label_map)
-    for x in excluded[:SHOWN]:
-        err_console.print(f"[yellow]excluded[/yellow] {parsed.unit} {x['line']} {x['query']!r}: {x['reason']}")
-    if len(excluded) > SHOWN:
-        err_console.print(f"... and {len(excluded) - SHOWN} more excluded (all listed in --json)")
-    if not resolved:
-        raise BatchError(f"none of the {len(parsed.items)} queries in {gt} has a relevant image in store '{store}'")
-    store_labels = sum(1 for _, m in records_meta if m.get("label"))
-
-    records: list[ev.EvalRecord] = []
-    failed = []
-    with progress(disable=json_out) as bar:
-        task = bar.add_task("Evaluating", total=len(resolved))
-        for truth, relevant in resolved:
-            try:
-                answer = assistant.ask(truth.query, kind="eval")
-                ensemble = [r.id for r in assistant.searcher.text(truth.query, k=k)]
-            except Exception as e:
-                failed.append({"query": truth.query, "error": f"{type(e).__name__}: {e}"})
-                err_console.print(f"[red]failed[/red] {truth.query!r}: {type(e).__name__}: {e}")
-            else:
-                records.append(ev.EvalRecord(truth.query, relevant, ev.stage_rankings(answer, ensemble),
-                                             answer.get("rows", []), answer.get("run_id")))
-            bar.advance(task)
-    if not records:
-        raise BatchError(f"every query failed ({failed[0]['error']})")
-
-    metrics = ev.stage_metrics(records)
-    deltas = ev.deltas(metrics)
-    tuned = ev.tune_fusion(records, seed=split_seed) if tune_fusion else None
-    doc = {
-        "gt": str(gt), "store": store, "llm": llm, "k": k, "queries": len(parsed.items),
-        "evaluated": len(records), "excluded": excluded, "failed": failed,
-        "bad_entries": [{parsed.unit: s.line, "reason": s.reason} for s in parsed.skipped],
-        "store_images": len(records_meta), "store_labelled": store_labels,
-        "class_truth": "labels file" if label_map is not None else "store labels",
-        "stages": metrics, "deltas": deltas, "tune_fusion": tuned,
-        "per_query": [{"query": r.query, "run_id": r.run_id, "relevant": sorted(r.relevant),
-                       "first_hit": {s: ev.first_hit(ids, r.relevant) for s, ids in r.rankings.items()},
-                       "rankings": r.rankings} for r in records],
-    }
-    if json_out:
-        print_json(doc)
-        return
-    out_console.print(metrics_table(metrics, deltas, f"{gt.name}: {len(records)} queries, store '{store}', "
-                                                     f"--llm {llm}, {k} candidates"))
-    out_console.print(f"{len(excluded)} queries excluded (relevant images not in the store), {len(failed)} failed, "
-                      f"{len(parsed.skipped)} bad entries.")
-    if store_labels:
-        out_console.print(f"[yellow]note:[/yellow] {store_labels} of {len(records_meta)} stored images carry a label. "
-                          "The planner's filters and the offline judge read labels, so only the ensemble stage is "
-                          "blind to them. For a blind test, index the images without labels and give their classes "
-                          "with --labels FILE.")
-    if tuned:
-        out_console.print(tune_table(tuned))
-        best = "the default" if tuned["best"] == tuned["default"] else _describe(tuned["best"])
-        out_console.print(f"default: {_describe(tuned['default'])}\nbest:    {best} ({tuned['tied_best']} of "
-                          f"{tuned['grid_size']} settings tie on the tuning half; a tie goes to the default)")

@@ -11,13 +11,19 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from rich.console import Console
 from rich.text import Text
 
-from agent.cli.ask import REMOTE_NOTICE, LlmOpt, answer_table, check_llm, open_assistant
-from agent.cli.common import ChromaUrlOpt, HomeOpt, KOpt, StoreOpt, err_console, out_console, set_home
+from agent.cli.ask import answer_table
+from agent.cli.common import (
+    NO_KEY_NOTICE, REMOTE_NOTICE, ChromaUrlOpt, HomeOpt, KOpt, LlmOpt, StoreOpt, check_llm, err_console,
+    open_assistant, out_console, set_home,
+)
+
+if TYPE_CHECKING:
+    from agent.state import Answer
 
 PROMPT = "kger> "
 HISTORY_FILE = "chat_history"
@@ -70,14 +76,14 @@ def setup_readline() -> Optional[Callable[[], None]]:
     return save
 
 
-def _markup_safe(answer: dict) -> dict:
+def _markup_safe(answer: Answer) -> Answer:
     """The answer with its free text escaped for rich markup: a description or an LLM's justification may
     hold brackets ('[/x]' would even raise), and answer_table renders them as markup."""
     from rich.markup import escape
 
-    rows = [{**r, **{k: escape(r[k]) for k in ("justification", "fallback", "demoted") if isinstance(r.get(k), str)}}
-            for r in answer.get("rows") or []]
-    return {**answer, "question": escape(str(answer.get("question") or "")), "rows": rows}
+    rows = [r.model_copy(update={k: escape(v) for k in ("justification", "fallback", "demoted")
+                                 if isinstance(v := getattr(r, k), str)}) for r in answer.rows]
+    return answer.model_copy(update={"question": escape(answer.question), "rows": rows})
 
 
 class ChatSession:
@@ -88,7 +94,7 @@ class ChatSession:
         self.assistant = assistant
         self.console, self.err = console, err
         self.thread_id = uuid.uuid4().hex
-        self.last: Optional[dict] = None
+        self.last: Optional[Answer] = None
         self.announced_remote = announced_remote
         self.thumbs_note_shown = False
 
@@ -122,26 +128,25 @@ class ChatSession:
         self.last = answer
         self.print_answer(answer)
 
-    def print_answer(self, answer: dict) -> None:
-        rows = answer.get("rows") or []
-        if rows:
+    def print_answer(self, answer: Answer) -> None:
+        if answer.rows:
             self.console.print(answer_table(_markup_safe(answer)))
-            self.print_thumbnails(rows)
+            self.print_thumbnails(answer)
         else:
-            self.console.print(Text(f"No image found for {answer.get('question')!r}."))
-            for error in self._tool_errors(answer.get("run_id")):
+            self.console.print(Text(f"No image found for {answer.question!r}."))
+            for error in self._tool_errors(answer.run_id):
                 self.hint(error.splitlines()[0] if error.strip() else error)
-        self.console.print(f"run {answer['run_id']}  [dim](why is 1 first? /trace, /open N)[/dim]")
+        self.console.print(f"run {answer.run_id}  [dim](why is 1 first? /trace, /open N)[/dim]")
 
-    def print_thumbnails(self, rows: list[dict]) -> None:
-        from agent.thumbs import can_draw, thumbnail_strip
+    def print_thumbnails(self, answer: Answer) -> None:
+        from agent.cli.thumbs import can_draw, thumbnail_strip
 
         if not can_draw(self.console):
             if not self.thumbs_note_shown:
                 self.err.print("[dim](no colour on this terminal: thumbnails are off; /open N prints a path)[/dim]")
                 self.thumbs_note_shown = True
             return
-        strip = thumbnail_strip(rows, self.console.width)
+        strip = thumbnail_strip(answer.rows, self.console.width)
         if strip is not None:
             self.console.print(strip)
 
@@ -155,7 +160,7 @@ class ChatSession:
         if k != self.assistant.k:
             self.err.print(f"[dim]k = {k} from now on (/k N to change)[/dim]")
         self.set_k(k)
-        self.ask(self.last.get("question") or self.last.get("input") or "")
+        self.ask(self.last.question or self.last.input or "")
 
     def set_k(self, k: int) -> None:
         self.assistant.k = k
@@ -165,12 +170,12 @@ class ChatSession:
     def last_run(self) -> Optional[dict]:
         if not self.last or self.assistant.traces is None:
             return None
-        return self.assistant.traces.get_run(self.last["run_id"])
+        return self.assistant.traces.get_run(self.last.run_id)
 
     def _tool_errors(self, run_id: Optional[str]) -> list[str]:
         if not run_id or self.assistant.traces is None:
             return []
-        from agent.report import event_payloads
+        from agent.cli.report import event_payloads
 
         try:
             run = self.assistant.traces.get_run(run_id)
@@ -213,26 +218,28 @@ class ChatSession:
                 self.console.print(run_view(run, short=True))
                 self.console.print(f"[dim]full record: kger trace show {run['id'][:12]}[/dim]")
         elif name == "open":
-            rows = (self.last or {}).get("rows") or []
+            rows = self.last.rows if self.last else []
             if not arg.isdigit() or not 1 <= int(arg) <= len(rows):
                 self.hint(f"Usage: /open N, with N from 1 to {len(rows)}." if rows else "The last answer has no image.")
             else:
-                self.console.print(Text(str(rows[int(arg) - 1]["path"])), soft_wrap=True)
+                self.console.print(Text(rows[int(arg) - 1].path), soft_wrap=True)
         else:
             self.hint(f"Unknown command /{name}; type /help for the list.")
         return True
 
     def switch_llm(self, llm: str) -> None:
-        from agent.assistant import LLMS, make_planner_and_judge
+        from agent.assistant import LLMS, check_llm, make_planner_and_judge
 
-        if llm not in LLMS:
+        try:
+            check_llm(llm)
+        except ValueError:
             self.hint(f"Usage: /llm {'|'.join(LLMS)}; now {self.assistant.llm}.")
             return
         if llm == "gemini" and not self.announced_remote:
             self.err.print(REMOTE_NOTICE)
             self.announced_remote = True
         if llm == "gemini" and not os.environ.get("GOOGLE_API_KEY"):
-            self.hint("GOOGLE_API_KEY is not set: the planner and judge fall back to offline.")
+            self.hint(NO_KEY_NOTICE)
         self.assistant.planner, self.assistant.judge = make_planner_and_judge(llm)
         self.assistant.llm = llm
         self.console.print(f"llm = {llm}")

@@ -1,4 +1,4 @@
-"""What every command shares: options, consoles, the exception-to-message table, the store opener."""
+"""What every command shares: options, consoles, the exception-to-message table, the store and assistant openers."""
 from __future__ import annotations
 
 import json
@@ -26,6 +26,19 @@ ChromaUrlOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else there.")]
 KOpt = Annotated[int, typer.Option("--k", "-k", min=1, max=1000, help="How many images to return.")]
+LlmOpt = Annotated[str, typer.Option("--llm", help="offline (default: nothing leaves this machine) | gemini")]
+PoolOpt = Annotated[int, typer.Option("--pool", min=1, max=1000, help="Candidates retrieved and judged per query.")]
+ConcurrencyOpt = Annotated[int, typer.Option(
+    "--concurrency", min=1, max=64, help="Judge calls in flight at once (Gemini; the offline judge ignores it).")]
+
+REMOTE_NOTICE = ("[bold yellow]Gemini selected:[/bold yellow] the description and the candidate images (cropped, "
+                 "downscaled, metadata stripped) are sent to Google's API. Use --llm offline to keep everything local.")
+NO_KEY_NOTICE = "GOOGLE_API_KEY is not set: the planner and judge fall back to offline."
+SHOWN = 20  # entries listed on stderr before "... and N more"; --json lists all
+
+
+class BatchError(ValueError):
+    """A user-facing failure of batch or eval (the CLI prints its one line and exits 1)."""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -98,3 +111,40 @@ def progress(disable: bool = False):
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TimeRemainingColumn(), console=err_console, transient=True, disable=disable,
     )
+
+
+def check_llm(llm: str) -> str:
+    """--llm: a usage error (exit 2) unless agent.assistant.check_llm accepts it; Gemini is announced once."""
+    from agent.assistant import check_llm as valid_llm
+
+    try:
+        valid_llm(llm)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    if llm == "gemini":
+        err_console.print(REMOTE_NOTICE)
+        if not os.environ.get("GOOGLE_API_KEY"):
+            err_console.print(f"[yellow]{NO_KEY_NOTICE}[/yellow]")
+    return llm
+
+
+def open_assistant(store: str, chroma_url: Optional[str], llm: str, k: int, *, pool: Optional[int] = None,
+                   concurrency: Optional[int] = None):
+    """The store's Assistant; `concurrency` sets the Gemini judge's calls in flight (batch and eval)."""
+    from agent.assistant import Assistant
+
+    kw: dict[str, Any] = {} if pool is None else {"pool": pool}
+    if llm == "gemini" and concurrency is not None:
+        from agent.assistant import make_planner_and_judge
+
+        kw["planner"], kw["judge"] = make_planner_and_judge("gemini", judge_concurrency=concurrency)
+    with err_console.status("Loading bundle and store..."):
+        return Assistant.open(store, url=chroma_url, llm=llm, k=k, **kw)
+
+
+def report_skipped(what: str, skipped, unit: str) -> None:
+    """Bad entries of an input file on stderr, the first SHOWN of them."""
+    for s in skipped[:SHOWN]:
+        err_console.print(f"[yellow]{what} {unit} {s.line}[/yellow]: {s.reason}, skipped")
+    if len(skipped) > SHOWN:
+        err_console.print(f"... and {len(skipped) - SHOWN} more {what} {unit}s skipped (all listed in --json)")

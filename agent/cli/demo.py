@@ -32,7 +32,7 @@ def demo(
     home_dir = set_home(home)
     from agent.assistant import Assistant
     from agent.cli.ask import answer_table
-    from agent.thumbs import can_draw, thumbnail_strip
+    from agent.cli.thumbs import can_draw, thumbnail_strip
     from retrieval.bundle import load_bundle
     from retrieval.indexer import index_images
     from retrieval.labels import read_labels
@@ -92,15 +92,15 @@ def demo(
         ans = assistant.ask(q, kind="ask")
         out_console.print(answer_table(ans))
         if can_draw(out_console):
-            strip = thumbnail_strip(ans["rows"], out_console.width)
+            strip = thumbnail_strip(ans.rows, out_console.width)
             if strip is not None:
                 out_console.print(strip)
-        out_console.print(f"run {ans['run_id']}\n")
-        runs.append(ans["run_id"])
+        out_console.print(f"run {ans.run_id}\n")
+        runs.append(ans.run_id)
 
     _step(5, "Report")
     html_path = work / "report.html"
-    from agent.report import render_batch
+    from agent.cli.report import render_batch
 
     html_path.write_text(render_batch([assistant.traces.get_run(r) for r in runs], title="kger demo"), encoding="utf-8")
     out_console.print(f"HTML report: {html_path}")

@@ -105,6 +105,7 @@ def search(
     set_home(home)
     if (text is None) == (image is None):
         raise typer.BadParameter("give either TEXT or --image PATH")
+    from retrieval.candidate import TOOL_FIELDS
     from retrieval.search import Searcher
 
     gallery = open_gallery(store, chroma_url)
@@ -115,6 +116,7 @@ def search(
     results = searcher.image(image, k=k) if image is not None else searcher.text(text, k=k)
     if json_out:
         print_json({"query": text, "image": str(image) if image else None, "store": store,
-                    "bundle": searcher.ens.fingerprint, "results": [r.to_dict() for r in results]})
+                    "bundle": searcher.ens.fingerprint,
+                    "results": [r.model_dump(exclude=TOOL_FIELDS) for r in results]})
     else:
         out_console.print(results_table(results, f"Top {len(results)} for {text!r}" if text else f"Images like {image}"))

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.cli.common import HomeOpt, JsonOpt, err_console, out_console, print_json, set_home
-from agent.report import call_text, class_text, event_payloads, fmt_num
+from agent.cli.report import call_text, class_text, event_payloads, fmt_num
 
 app = typer.Typer(help="Inspect stored runs: what each step saw, scored and decided (no model is called).",
                   no_args_is_help=True)
@@ -339,7 +339,7 @@ def export(
             print_json(run)
             return
     else:
-        from agent.report import render_run
+        from agent.cli.report import render_run
 
         text = render_run(run)
         out = out or Path(f"kger-run-{run['id'][:12]}.html")

@@ -1,7 +1,8 @@
 """The judge contract: what a judge sees of a candidate and what it must say back.
 
-Both judges (Gemini and offline) take the same `Candidate`s and return one `Verdict` per candidate, in the
-same order, so the graph, the fusion and the traces never care which judge ran.
+Both judges (Gemini and offline) take the same `Candidate`s (retrieval/candidate.py, the one candidate type)
+and return one `Verdict` per candidate, in the same order, so the graph, the fusion and the traces never
+care which judge ran.
 """
 from __future__ import annotations
 
@@ -9,18 +10,9 @@ from typing import Literal, Optional, Protocol, Sequence
 
 from pydantic import BaseModel, Field
 
+from retrieval.candidate import Candidate
 
-class Candidate(BaseModel):
-    """One retrieved image, as the retrieval tool returns it."""
-
-    id: str = Field(description="content hash of the image file (the Chroma id)")
-    path: str = Field(description="where the image file lives on this machine")
-    rank: int = Field(description="1-based rank in the retrieval list")
-    score: float = Field(description="ensemble cosine similarity (mean of the per-fold cosines)")
-    fold_scores: list[float] = Field(default_factory=list, description="per-fold cosine similarities")
-    label: Optional[str] = Field(default=None, description="known ENTRep class, from the labels file")
-    predicted: Optional[str] = Field(default=None, description="class predicted by the bundle's classifier head")
-    predicted_prob: Optional[float] = Field(default=None, description="probability of `predicted`")
+__all__ = ["Candidate", "Judge", "Verdict"]
 
 
 class Verdict(BaseModel):

@@ -8,12 +8,15 @@ thumbnails (see `can_draw`).
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 from rich.console import Console, RenderableType
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from agent.state import AnswerRow
 
 HALF = "▀"
 WIDTH, HEIGHT = 16, 8  # cells per thumbnail (each cell is 1x2 pixels)
@@ -56,7 +59,7 @@ def thumbnail(path: str, width: int = WIDTH, height: int = HEIGHT) -> Text:
     return text
 
 
-def thumbnail_strip(rows: Iterable[dict], console_width: int, width: int = WIDTH, height: int = HEIGHT,
+def thumbnail_strip(rows: Iterable[AnswerRow], console_width: int, width: int = WIDTH, height: int = HEIGHT,
                     limit: int = 8) -> Optional[RenderableType]:
     """Answer rows side by side as thumbnails with '#rank' under each, as many as fit the console."""
     rows = list(rows)
@@ -69,8 +72,8 @@ def thumbnail_strip(rows: Iterable[dict], console_width: int, width: int = WIDTH
         grid.add_column(width=width, no_wrap=True)
     cells = []
     for r in rows:
-        cell = thumbnail(r["path"], width, height)
-        cell.append("\n" + f"#{r['rank']}".center(width), style="bold")
+        cell = thumbnail(r.path, width, height)
+        cell.append("\n" + f"#{r.rank}".center(width), style="bold")
         cells.append(cell)
     grid.add_row(*cells)
     return grid

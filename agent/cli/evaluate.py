@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from agent.fuse import STRATEGIES, FuseConfig, fuse
-from agent.queries import Truth
+from agent.cli.queries import Truth
+from agent.posfuse import STRATEGIES, FuseConfig, rank
+from agent.state import Answer, AnswerRow
 from retrieval.metrics import summarize
 
 STAGES = ("ensemble", "retrieval", "judge", "fused")
@@ -47,7 +48,7 @@ class EvalRecord:
     query: str
     relevant: frozenset
     rankings: dict[str, list[str]]
-    rows: list[dict] = field(default_factory=list)
+    rows: list[AnswerRow] = field(default_factory=list)
     run_id: Optional[str] = None
 
 
@@ -112,40 +113,36 @@ def resolve_truth(
 
 # -- stages ------------------------------------------------------------------------------------------------
 
-def judge_order(rows: Sequence[dict]) -> list[str]:
+def _retrieval_order(rows: Sequence[AnswerRow]) -> list[AnswerRow]:
+    return sorted(rows, key=lambda r: (r.retrieval_rank or math.inf, r.id))
+
+
+def judge_order(rows: Sequence[AnswerRow]) -> list[str]:
     """Candidates by judge score, high first; ties by retrieval rank, then id; unjudged ones last."""
-    def key(r: dict) -> tuple:
-        j = r.get("judge")
-        return (j is None, -(j or 0.0), r.get("retrieval_rank") or math.inf, r["id"])
+    def key(r: AnswerRow) -> tuple:
+        return (r.judge is None, -(r.judge or 0.0), r.retrieval_rank or math.inf, r.id)
 
-    return [r["id"] for r in sorted(rows, key=key)]
+    return [r.id for r in sorted(rows, key=key)]
 
 
-def stage_rankings(answer: dict, ensemble: Optional[Sequence[str]] = None) -> dict[str, list[str]]:
+def stage_rankings(answer: Answer, ensemble: Optional[Sequence[str]] = None) -> dict[str, list[str]]:
     """Every stage's ranked ids from one answer (made with k = pool, so its rows hold all candidates)."""
-    rows = answer.get("rows") or []
     out = {
-        "retrieval": [r["id"] for r in sorted(rows, key=lambda r: (r.get("retrieval_rank") or math.inf, r["id"]))],
-        "judge": judge_order(rows),
-        "fused": [r["id"] for r in rows],
+        "retrieval": [r.id for r in _retrieval_order(answer.rows)],
+        "judge": judge_order(answer.rows),
+        "fused": [r.id for r in answer.rows],
     }
     if ensemble is not None:
         out = {"ensemble": list(ensemble)} | out
     return out
 
 
-def refuse(rows: Sequence[dict], cfg: FuseConfig) -> list[str]:
-    """The answer's order under another fusion config, from its stored scores alone (no model call).
-
-    Mirrors agent/answer.py: Pos-Fuse over (retrieval order, judge scores), then images whose known class
-    contradicts the description moved last, keeping their fused order. Demotion does not depend on `cfg`.
-    """
-    by_retrieval = sorted(rows, key=lambda r: (r.get("retrieval_rank") or math.inf, r["id"]))
-    fused = fuse([(r["id"], float(r["retrieval"])) for r in by_retrieval],
-                 [(r["id"], float(r["judge"])) for r in rows if r.get("judge") is not None], cfg)
-    demoted = {r["id"] for r in rows if r.get("demoted")}
-    ids = [f.id for f in fused]
-    return [i for i in ids if i not in demoted] + [i for i in ids if i in demoted]
+def fused_order(rows: Sequence[AnswerRow], cfg: FuseConfig) -> list[str]:
+    """The answer's order under another fusion config: `posfuse.rank` (the fuse node's own rule) over the
+    rows' stored scores and demotion reasons, so no model is called. Demotion does not depend on `cfg`."""
+    return [r.id for r in rank([(r.id, r.retrieval) for r in _retrieval_order(rows)],
+                               [(r.id, r.judge) for r in rows if r.judge is not None],
+                               {r.id: r.demoted for r in rows}, cfg)]
 
 
 def first_hit(ranking: Sequence[str], relevant: frozenset) -> Optional[int]:
@@ -202,7 +199,7 @@ def _objective(m: dict) -> tuple:
 
 
 def _score(records: Sequence[EvalRecord], cfg: FuseConfig) -> dict:
-    return summarize([(refuse(r.rows, cfg), r.relevant) for r in records])
+    return summarize([(fused_order(r.rows, cfg), r.relevant) for r in records])
 
 
 def tune_fusion(records: Sequence[EvalRecord], seed: int = 0, grid: Optional[Sequence[FuseConfig]] = None,
