@@ -10,7 +10,7 @@ LOCK    := requirements.lock
 EXTRAS  := dev
 PIP     := pip==26.3
 
-.PHONY: venv demo test bench lock clean
+.PHONY: venv browser demo test bench lock clean
 
 venv: $(STAMP)
 
@@ -26,7 +26,11 @@ $(STAMP): pyproject.toml $(LOCK)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/kger demo
 
-test: $(STAMP)
+# Headless Chromium renders the HTML reports in the tests (Debian's package; CI runs as root).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
