@@ -17,6 +17,7 @@ from agent.context import Context
 from agent.fuse import FuseConfig
 from agent.graph import build_graph
 from agent.plan import OfflinePlanner
+from retrieval.errors import InputError
 
 LLMS = ("offline", "gemini")
 
@@ -44,7 +45,7 @@ def make_planner_and_judge(llm: str, settings=None, judge_concurrency: int = 4):
     if llm == "offline":
         return OfflinePlanner(), OfflineJudge()
     if llm != "gemini":
-        raise ValueError(f"unknown --llm {llm!r}; use one of {', '.join(LLMS)}")
+        raise InputError(f"unknown --llm {llm!r}; use one of {', '.join(LLMS)}")
     from agent.judges.gemini import GeminiJudge
     from agent.llm import GeminiUnavailable, gemini_settings_from_env
 

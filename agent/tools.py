@@ -9,6 +9,7 @@ from langchain_core.tools import tool
 from langgraph.prebuilt import InjectedState
 from langgraph.runtime import get_runtime
 
+from retrieval.errors import InputError
 from retrieval.lexicon import classes_for
 
 Region = Literal["ear", "nose", "throat", "larynx"]
@@ -74,7 +75,7 @@ def similar(image: str, answer: Annotated[Optional[dict], InjectedState("answer"
         rows = (answer or {}).get("rows", [])
         n = int(ref[1:])
         if not 1 <= n <= len(rows):
-            raise ValueError(f"there is no image #{n} in the previous answer")
+            raise InputError(f"there is no image #{n} in the previous answer")
         ref = rows[n - 1]["id"]
     if Path(ref).is_file():
         from retrieval.preprocess import file_sha256

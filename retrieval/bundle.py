@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from retrieval.ensemble import FoldEnsemble
+from retrieval.errors import KgerError
 from retrieval.nanoclip import NanoCLIPSpec
 
 FORMAT = "kger-bundle"
@@ -23,7 +24,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-class BundleError(RuntimeError):
+class BundleError(KgerError):
     """A bundle that cannot be used as asked; the message says which file and what is wrong."""
 
 

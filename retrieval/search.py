@@ -9,6 +9,7 @@ import numpy as np
 
 from retrieval.bundle import BundleError, load_bundle
 from retrieval.ensemble import fold_scores
+from retrieval.errors import InputError
 from retrieval.preprocess import file_sha256, load_for_model
 
 
@@ -52,7 +53,7 @@ class Searcher:
 
     def encode_text(self, query: str) -> np.ndarray:
         if not query.strip():
-            raise ValueError("the description is empty")
+            raise InputError("the description is empty")
         return self.ens.encode_texts([query])[0]
 
     def by_vector(self, query_vec: np.ndarray, k: int, classes: Optional[Sequence[str]] = None) -> list[Result]:
@@ -88,5 +89,5 @@ class Searcher:
     def like(self, image_id: str, k: int = 10, classes: Optional[Sequence[str]] = None) -> list[Result]:
         stored = self.gallery.get([image_id], include_embeddings=True)
         if not stored:
-            raise KeyError(f"image {image_id} is not in store '{self.gallery.name}'")
+            raise InputError(f"image {image_id} is not in store '{self.gallery.name}'")
         return self.by_vector(np.asarray(stored[0].embedding, dtype=np.float32), k, classes)

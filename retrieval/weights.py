@@ -13,8 +13,10 @@ from typing import Callable, Optional
 
 import torch
 
+from retrieval.errors import KgerError
 
-class WeightsUnavailable(RuntimeError):
+
+class WeightsUnavailable(KgerError):
     """A requested backbone has no weights on this machine; the message names what to install or pass."""
 
 

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from retrieval.errors import KgerError
 from store.locks import LockTimeout, StoreLock
 from store.paths import stores_dir
 
@@ -32,7 +33,7 @@ _BUNDLE_KEYS = {"fingerprint": "kger_bundle_fingerprint", "path": "kger_bundle_p
 _INDEX_HINT = "kger index IMAGES --bundle DIR --store {name}"
 
 
-class StoreError(RuntimeError):
+class StoreError(KgerError):
     """A user-facing failure; the message is one line and names the next command to run."""
 
 

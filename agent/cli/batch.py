@@ -13,6 +13,7 @@ from agent.cli.ask import LlmOpt, check_llm, open_assistant
 from agent.cli.common import (
     ChromaUrlOpt, HomeOpt, JsonOpt, StoreOpt, err_console, out_console, print_json, progress, set_home,
 )
+from retrieval.errors import InputError
 
 try:
     import fcntl
@@ -20,7 +21,7 @@ except ImportError:  # Windows: no lock against two batch runs appending to one 
     fcntl = None  # type: ignore[assignment]
 
 
-class BatchError(ValueError):
+class BatchError(InputError):
     """A user-facing failure (the CLI prints its one line and exits 1)."""
 
 
