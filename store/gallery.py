@@ -78,13 +78,17 @@ def clean_metadata(meta: dict | None) -> dict | None:
     return out or None
 
 
-def _where(where: dict | None) -> dict | None:
-    """Chroma wants one key per filter; accept the natural {"a": 1, "b": 2} and AND it."""
-    if not where:
+def _where(where: dict | None = None, classes: Sequence[str] | None = None) -> dict | None:
+    """Chroma's filter syntax, owned here: the natural {"a": 1, "b": 2} becomes one `$and` of equalities,
+    and `classes` keeps records whose class (metadata 'cls', the label or else the prediction) is listed."""
+    clauses = [{k: v} for k, v in (where or {}).items() if not str(k).startswith("$")]
+    if where and len(clauses) < len(where):  # already in Chroma's syntax: pass it through
+        clauses = [dict(where)]
+    if classes:
+        clauses.append({"cls": {"$in": [str(c) for c in classes]}})
+    if not clauses:
         return None
-    if len(where) > 1 and not any(str(k).startswith("$") for k in where):
-        return {"$and": [{k: v} for k, v in where.items()]}
-    return dict(where)
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
 def _lock_store(name: str, root: Path, writable: bool, timeout: float) -> StoreLock:
@@ -122,6 +126,7 @@ class Gallery:
         self._client = client
         self._col = collection
         self._lock = lock
+        self._bound: dict | None = None  # the bundle binding once seen: it never changes to another bundle
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -250,7 +255,11 @@ class Gallery:
 
     @property
     def bundle(self) -> dict | None:
-        return self._bundle_from(self._metadata())
+        """The bound bundle (fingerprint, path, dim). Read from the collection until it is bound, then kept:
+        a binding never changes to another bundle, so queries do not ask the server again."""
+        if self._bound is None:
+            self._bound = self._bundle_from(self._metadata())
+        return self._bound
 
     @staticmethod
     def _bundle_from(meta: dict) -> dict | None:
@@ -287,9 +296,11 @@ class Gallery:
         })
         with self._chroma_errors():
             self._col.modify(metadata=meta)
+        self._bound = self._bundle_from(meta)
 
     def check_bundle(self, fingerprint: str, path: str | None = None) -> None:
-        """Refuse to query with another bundle; an unbound (empty) store has nothing to mismatch."""
+        """Refuse to query with another bundle; an unbound (empty) store has nothing to mismatch.
+        Called once by whoever pairs a bundle with this store (retrieval's Searcher), not per query."""
         current = self.bundle
         if current is not None:
             self._raise_if_other(current, fingerprint, path)
@@ -358,9 +369,11 @@ class Gallery:
                 self._col.upsert(ids=ids[start:end], embeddings=vectors[start:end], metadatas=metas[start:end])
 
     def query(
-        self, vector: np.ndarray, k: int = 10, where: dict | None = None, include_embeddings: bool = False
+        self, vector: np.ndarray, k: int = 10, where: dict | None = None, include_embeddings: bool = False,
+        classes: Sequence[str] | None = None,
     ) -> list[Hit]:
-        """The k nearest stored vectors by cosine similarity, best first (ties by id)."""
+        """The k nearest stored vectors by cosine similarity, best first (ties by id); `where` keeps records
+        whose metadata equals every given value, `classes` those of one of these classes."""
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         if k <= 0:
             return []
@@ -376,7 +389,7 @@ class Gallery:
         include = ["metadatas", "distances"] + (["embeddings"] if include_embeddings else [])
         with self._chroma_errors():
             res = self._col.query(
-                query_embeddings=[query], n_results=min(int(k), n), where=_where(where), include=include
+                query_embeddings=[query], n_results=min(int(k), n), where=_where(where, classes), include=include
             )
         ids = res["ids"][0]
         metas = (res.get("metadatas") or [[None] * len(ids)])[0]

@@ -37,7 +37,7 @@ BAD = "Looks like an ear </pre><script>alert('raw')</script>"
 HOSTILE = "throat <script>alert(1)</script> & tonsils"
 
 
-class _Ensemble:
+class _Bundle:
     fingerprint = "wordstub00000000"
     folds = 2
     path = None
@@ -47,7 +47,7 @@ class WordSearcher:
     """Scores an image by the words its label shares with the query; two 'folds' that disagree a little."""
 
     def __init__(self, items: list[dict]):
-        self.items, self.ens = items, _Ensemble()
+        self.items, self.bundle = items, _Bundle()
 
     def encode_text(self, query: str):
         return set(re.findall(r"[a-z]+", query.lower()))
