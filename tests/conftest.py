@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -48,22 +49,46 @@ def entrep_labels(entrep_train) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def real_store(entrep_train, tmp_path_factory):
-    """A 2-fold untrained bundle and the 70 real images indexed into store 'default' of a shared home.
+def store_factory(entrep_train, tmp_path_factory):
+    """The one way tests build a store over the 70 real images, as a user does (`kger bundle init`, then
+    `kger index`): a 2-fold untrained bundle seeded `seed`, store 'default' with the cls.json labels and,
+    with `blind`, store 'blind' without labels. Each (seed, blind) is built once per session.
 
-    Returns (home, bundle). Tests that use it point KGER_HOME at `home` themselves (monkeypatch)."""
+    Returns SimpleNamespace(home, bundle, summary) where summary is `kger index --json` of 'default'."""
     from typer.testing import CliRunner
 
     from agent.cli import app
 
-    root = tmp_path_factory.mktemp("real-store")
-    home, bundle = root / "home", root / "bundle"
+    built: dict[tuple[int, bool], SimpleNamespace] = {}
     runner = CliRunner()
-    r = runner.invoke(app, ["bundle", "init", "--out", str(bundle), "--folds", "2", "--seed", "3"])
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["index", str(entrep_train / "imgs"), "--bundle", str(bundle), "--home", str(home)])
-    assert r.exit_code == 0, r.output
-    return home, bundle
+
+    def kger(*args) -> str:
+        r = runner.invoke(app, [str(a) for a in args])
+        assert r.exit_code == 0, r.output
+        return r.stdout
+
+    def build(seed: int, blind: bool = False) -> SimpleNamespace:
+        if (seed, blind) not in built:
+            root = tmp_path_factory.mktemp(f"store-seed{seed}{'-blind' if blind else ''}")
+            home, bundle = root / "home", root / "bundle"
+            kger("bundle", "init", "--out", bundle, "--folds", "2", "--seed", seed)
+            summary = json.loads(kger("index", entrep_train / "imgs", "--bundle", bundle, "--home", home, "--json"))
+            if blind:
+                kger("index", entrep_train / "imgs", "--bundle", bundle, "--no-labels", "--store", "blind",
+                     "--home", home)
+            built[seed, blind] = SimpleNamespace(home=home, bundle=bundle, summary=summary)
+        return built[seed, blind]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def real_store(store_factory):
+    """A 2-fold untrained bundle and the 70 real images indexed into store 'default' of a shared home.
+
+    Returns (home, bundle). Tests that use it point KGER_HOME at `home` themselves (monkeypatch)."""
+    built = store_factory(seed=3)
+    return built.home, built.bundle
 
 
 def _free_port() -> int:
