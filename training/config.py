@@ -79,7 +79,10 @@ def make_config(base: TrainConfig | None = None, preset: str | None = None, **ov
         if preset in PRESETS:
             layers.append(PRESETS[preset])
         elif Path(preset).is_file():
-            layers.append(json.loads(Path(preset).read_text()))
+            try:
+                layers.append(json.loads(Path(preset).read_text()))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise TrainError(f"--config {preset} is not valid JSON ({e})") from None
         else:
             raise TrainError(f"--config {preset!r} is neither a preset ({', '.join(PRESETS)}) nor a JSON file")
     layers.append(overrides)
