@@ -84,11 +84,8 @@ def _where(where: dict | None = None, classes: Sequence[str] | None = None) -> d
     clauses = [{k: v} for k, v in (where or {}).items() if not str(k).startswith("$")]
     if where and len(clauses) < len(where):  # already in Chroma's syntax: pass it through
         clauses = [dict(where)]
-    if classes:
-        clauses.append({"cls": {"$in": [str(c) for c in classes]}})
-    if not clauses:
-        return None
-    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+    clauses += [{"cls": {"$in": [str(c) for c in classes]}}] if classes else []
+    return (clauses[0] if len(clauses) == 1 else {"$and": clauses}) if clauses else None
 
 
 def _lock_store(name: str, root: Path, writable: bool, timeout: float) -> StoreLock:
@@ -126,7 +123,7 @@ class Gallery:
         self._client = client
         self._col = collection
         self._lock = lock
-        self._bound: dict | None = None  # the bundle binding once seen: it never changes to another bundle
+        self._bound: dict | None = None  # see `bundle`
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -255,8 +252,7 @@ class Gallery:
 
     @property
     def bundle(self) -> dict | None:
-        """The bound bundle (fingerprint, path, dim). Read from the collection until it is bound, then kept:
-        a binding never changes to another bundle, so queries do not ask the server again."""
+        """The bound bundle (fingerprint, path, dim); kept once bound (never another bundle): no re-reads."""
         if self._bound is None:
             self._bound = self._bundle_from(self._metadata())
         return self._bound
@@ -299,8 +295,7 @@ class Gallery:
         self._bound = self._bundle_from(meta)
 
     def check_bundle(self, fingerprint: str, path: str | None = None) -> None:
-        """Refuse to query with another bundle; an unbound (empty) store has nothing to mismatch.
-        Called once by whoever pairs a bundle with this store (retrieval's Searcher), not per query."""
+        """Refuse another bundle (once, where a bundle meets this store: the Searcher); unbound: nothing to check."""
         current = self.bundle
         if current is not None:
             self._raise_if_other(current, fingerprint, path)
@@ -373,7 +368,7 @@ class Gallery:
         classes: Sequence[str] | None = None,
     ) -> list[Hit]:
         """The k nearest stored vectors by cosine similarity, best first (ties by id); `where` keeps records
-        whose metadata equals every given value, `classes` those of one of these classes."""
+        whose metadata equals every given value, `classes` those of one of these classes (metadata 'cls')."""
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         if k <= 0:
             return []
