@@ -52,32 +52,41 @@ def entrep_labels(entrep_train) -> dict[str, str]:
 def store_factory(entrep_train, tmp_path_factory):
     """The one way tests build a store over the 70 real images, as a user does (`kger bundle init`, then
     `kger index`): a 2-fold untrained bundle seeded `seed`, store 'default' with the cls.json labels and,
-    with `blind`, store 'blind' without labels. Each (seed, blind) is built once per session.
+    with `blind`, store 'blind' without labels. Each (seed, blind, in_process) is built once per session.
 
+    In process (CliRunner) the store stays held by this process, as in-process tests expect; a store that
+    another process opens (the chat in a terminal) is built with `in_process=False`, in a subprocess.
     Returns SimpleNamespace(home, bundle, summary) where summary is `kger index --json` of 'default'."""
     from typer.testing import CliRunner
 
     from agent.cli import app
 
-    built: dict[tuple[int, bool], SimpleNamespace] = {}
+    built: dict[tuple[int, bool, bool], SimpleNamespace] = {}
     runner = CliRunner()
 
-    def kger(*args) -> str:
-        r = runner.invoke(app, [str(a) for a in args])
-        assert r.exit_code == 0, r.output
-        return r.stdout
+    def kger(in_process: bool, *args) -> str:
+        argv = [str(a) for a in args]
+        if in_process:
+            r = runner.invoke(app, argv)
+            assert r.exit_code == 0, r.output
+            return r.stdout
+        done = subprocess.run([sys.executable, "-c", "from agent.cli import main; main()", *argv], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
 
-    def build(seed: int, blind: bool = False) -> SimpleNamespace:
-        if (seed, blind) not in built:
-            root = tmp_path_factory.mktemp(f"store-seed{seed}{'-blind' if blind else ''}")
+    def build(seed: int, blind: bool = False, in_process: bool = True) -> SimpleNamespace:
+        key = (seed, blind, in_process)
+        if key not in built:
+            root = tmp_path_factory.mktemp(f"store-seed{seed}")
             home, bundle = root / "home", root / "bundle"
-            kger("bundle", "init", "--out", bundle, "--folds", "2", "--seed", seed)
-            summary = json.loads(kger("index", entrep_train / "imgs", "--bundle", bundle, "--home", home, "--json"))
+            kger(in_process, "bundle", "init", "--out", bundle, "--folds", "2", "--seed", seed)
+            summary = kger(in_process, "index", entrep_train / "imgs", "--bundle", bundle, "--home", home, "--json")
             if blind:
-                kger("index", entrep_train / "imgs", "--bundle", bundle, "--no-labels", "--store", "blind",
-                     "--home", home)
-            built[seed, blind] = SimpleNamespace(home=home, bundle=bundle, summary=summary)
-        return built[seed, blind]
+                kger(in_process, "index", entrep_train / "imgs", "--bundle", bundle, "--no-labels",
+                     "--store", "blind", "--home", home)
+            built[key] = SimpleNamespace(home=home, bundle=bundle, summary=json.loads(summary))
+        return built[key]
 
     return build
 

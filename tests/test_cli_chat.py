@@ -1,7 +1,7 @@
 """`kger chat` driven as a person would: the real program in a pseudo-terminal, typed at, its screen read.
 
 One session-scoped gallery (an untrained 2-fold bundle over the 70 real ENTRep images, built by conftest's
-`store_factory` with `kger bundle init` and `kger index`) and one module-scoped conversation; the tests then check each turn's screen
+`store_factory` with `kger bundle init` and `kger index` in a subprocess) and one module-scoped conversation; the tests then check each turn's screen
 and the traces the turns left behind.
 """
 from __future__ import annotations
@@ -144,7 +144,7 @@ def table_rows(screen: str) -> list[dict]:
 @pytest.fixture(scope="session")
 def chat_gallery(store_factory) -> Path:
     """KGER_HOME with store 'default': an untrained 2-fold bundle over the real images (labels from cls.json)."""
-    return store_factory(seed=0).home
+    return store_factory(seed=0, in_process=False).home
 
 
 @pytest.fixture(scope="module")

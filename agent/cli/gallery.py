@@ -57,21 +57,20 @@ def index(
         err_console.print(f"Labels: {len(label_map)} from {labels}")
     with err_console.status("Loading bundle..."):
         loaded = load_bundle(bundle)
-    with open_gallery(store, chroma_url, create=True) as gallery:  # released at once: a chat may open it next
-        gallery.bind_bundle(loaded.fingerprint, loaded.path, loaded.dim)
-        with progress(disable=False) as bar:
-            task = bar.add_task("Indexing", total=None)
-            report = index_images(
-                loaded.ensemble, gallery, images, labels=label_map, batch_size=batch_size,
-                on_progress=lambda done, total: bar.update(task, completed=done, total=total),
-                on_skip=lambda p, why: err_console.print(f"[yellow]skipped[/yellow] {p}: {why}"),
-            )
-        count = gallery.count()
+    gallery = open_gallery(store, chroma_url, create=True)
+    gallery.bind_bundle(loaded.fingerprint, loaded.path, loaded.dim)
+    with progress(disable=False) as bar:
+        task = bar.add_task("Indexing", total=None)
+        report = index_images(
+            loaded.ensemble, gallery, images, labels=label_map, batch_size=batch_size,
+            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+            on_skip=lambda p, why: err_console.print(f"[yellow]skipped[/yellow] {p}: {why}"),
+        )
     summary = {
         "store": store, "indexed": report.indexed, "already_present": report.present,
         "skipped": [{"path": p, "reason": r} for p, r in report.skipped],
         "duplicates": [{"path": p, "same_as": s} for p, s in report.duplicates],
-        "count": count, "bundle": loaded.fingerprint,
+        "count": gallery.count(), "bundle": loaded.fingerprint,
     }
     if json_out:
         print_json(summary)
