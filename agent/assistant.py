@@ -22,6 +22,7 @@ from agent.judges.base import Judge
 from agent.plan import OfflinePlanner
 from agent.posfuse import FuseConfig
 from agent.state import Answer
+from retrieval.errors import InputError
 
 if TYPE_CHECKING:
     from retrieval.search import Searcher
@@ -31,9 +32,9 @@ LLMS = ("offline", "gemini")
 
 
 def check_llm(llm: str) -> str:
-    """The one check of an --llm / /llm value; ValueError names the choices."""
+    """The one check of an --llm / /llm value; the InputError names the choices."""
     if llm not in LLMS:
-        raise ValueError(f"--llm must be {' or '.join(LLMS)}, not {llm!r}")
+        raise InputError(f"--llm must be {' or '.join(LLMS)}, not {llm!r}")
     return llm
 
 
@@ -125,9 +126,9 @@ class Assistant:
                    store_name=store, **kw)
 
     def models(self) -> dict:
-        ens = self.searcher.ens
+        bundle = self.searcher.bundle
         judge_model = getattr(self.judge, "model", "offline-lexicon")
-        return {"bundle": ens.fingerprint, "bundle_path": getattr(ens, "path", None), "folds": ens.folds,
+        return {"bundle": bundle.fingerprint, "bundle_path": bundle.path, "folds": bundle.folds,
                 "planner": type(self.planner).__name__, "judge": getattr(self.judge, "name", "?"),
                 "judge_model": judge_model, "fusion": self.fuse.strategy}
 
@@ -137,7 +138,7 @@ class Assistant:
         run_id = None
         if self.traces is not None:
             run_id = self.traces.start_run(input=question, kind=kind, llm=self.llm, store=self.store_name,
-                                           bundle=self.searcher.ens.fingerprint, models=self.models(),
+                                           bundle=self.searcher.bundle.fingerprint, models=self.models(),
                                            thread_id=thread_id)
         run_id = run_id or uuid.uuid4().hex
         ctx = Context(searcher=self.searcher, planner=self.planner, fallback_planner=self.fallback_planner,

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 import tenacity
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from retrieval.errors import InputError
+
 if TYPE_CHECKING:
     from langchain_core.messages import AIMessage, BaseMessage
     from langchain_google_genai import ChatGoogleGenerativeAI
@@ -72,7 +74,7 @@ def gemini_settings_from_env(env: Optional[Mapping[str, str]] = None, **override
             try:
                 values[name] = kind(raw)
             except ValueError:
-                raise ValueError(f"{var} must be a number, got {raw!r}") from None
+                raise InputError(f"{var} must be a number, got {raw!r}") from None
     values.update(overrides)
     return GeminiSettings(**values)
 

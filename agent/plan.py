@@ -21,6 +21,7 @@ from langgraph.runtime import Runtime
 from agent.context import Context
 from agent.prompts import escape_user_text, load_prompt
 from agent.state import Answer, State
+from retrieval.errors import InputError
 from retrieval.lexicon import parse, split_queries, swap_side_text
 
 _DESC = re.compile(r"<description>\s*(.*?)\s*</description>", re.S)
@@ -137,7 +138,7 @@ def plan(state: State, runtime: Runtime[Context]) -> dict:
     ctx = runtime.context
     question = str(state.messages[-1].content) if state.messages else ""
     if not question.strip():
-        raise ValueError("the description is empty")
+        raise InputError("the description is empty")
     msgs = planner_messages(question, state.answer)
     fallback = None
     try:

@@ -12,6 +12,7 @@ from langgraph.runtime import get_runtime
 from agent.context import Context, Searcher
 from agent.state import Answer
 from retrieval.candidate import Candidate
+from retrieval.errors import InputError
 from retrieval.lexicon import classes_for
 
 Region = Literal["ear", "nose", "throat", "larynx"]
@@ -71,7 +72,7 @@ def similar(image: str, answer: Annotated[Optional[Answer], InjectedState("answe
         rows = answer.rows if answer else []
         n = int(ref[1:])
         if not 1 <= n <= len(rows):
-            raise ValueError(f"there is no image #{n} in the previous answer")
+            raise InputError(f"there is no image #{n} in the previous answer")
         ref = rows[n - 1].id
     if Path(ref).is_file():
         from retrieval.preprocess import file_sha256

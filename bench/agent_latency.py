@@ -44,12 +44,12 @@ def main() -> None:
     from store.traces import TraceDB
 
     init_bundle(home / "bundle", folds=args.folds)
-    ens = load_bundle(home / "bundle")
+    bundle = load_bundle(home / "bundle")
     g = Gallery.open("default", create=True)
-    g.bind_bundle(ens.fingerprint, ens.path, ens.dim)
+    g.bind_bundle(bundle.fingerprint, bundle.path, bundle.dim)
     rng = np.random.default_rng(0)
     n = args.store_size
-    vecs = rng.standard_normal((n, ens.dim)).astype(np.float32)
+    vecs = rng.standard_normal((n, bundle.dim)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     labels = rng.choice(CLASSES, size=n)
     for s in range(0, n, 2000):
@@ -57,8 +57,8 @@ def main() -> None:
         g.upsert([f"img{i:06d}" for i in ids], vecs[s:s + 2000],
                  [{"path": f"/gallery/{i}.png", "name": f"{i}.png", "label": str(labels[i]), "cls": str(labels[i])}
                   for i in ids])
-    print(f"store: {g.count()} vectors x {ens.dim}-d; bundle: {args.folds} folds")
-    assistant = Assistant(searcher=Searcher(ens, g), llm="offline", k=5, pool=20, traces=TraceDB(home / "traces.db"))
+    print(f"store: {g.count()} vectors x {bundle.dim}-d; bundle: {args.folds} folds")
+    assistant = Assistant(searcher=Searcher(bundle, g), llm="offline", k=5, pool=20, traces=TraceDB(home / "traces.db"))
     for q in QUESTIONS[:3]:
         assistant.ask(q)  # warm-up
     totals, nodes = [], {}

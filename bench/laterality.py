@@ -61,7 +61,7 @@ def main() -> None:
             manifest = train_from_path(data, out, folds=k, seed=seed, views=args.views, progress=False,
                                        console=quiet, **overrides, **extra)
             seconds = time.time() - t
-            ens = load_bundle(out)
+            ens = load_bundle(out).ensemble
             gallery = encode_gallery(ens, [src / "imgs" / n for n in names])
             rows, acc = class_search(ens, held, src / "imgs", encoded=gallery)
             print(format_rows(rows, acc, title=f"{name}, K={manifest['folds']}, seed {seed} "

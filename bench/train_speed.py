@@ -24,7 +24,7 @@ from training.augment import make_views  # noqa: E402
 from training.cache import build_text_cache, build_view_cache, load_field, view_texts  # noqa: E402
 from training.data import load_dataset  # noqa: E402
 from training.folds import assign_folds, split  # noqa: E402
-from training.train import fit_fold, make_config, spec_of  # noqa: E402
+from training.train import fit_fold, make_config  # noqa: E402
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
 
     cfg = make_config(data=args.data, out="-", epochs=args.epochs, views=args.views, progress=False)
     data = load_dataset(cfg.data)
-    ens = FoldEnsemble(spec_of(cfg), 2, seed=cfg.seed, classes=data.classes)
+    ens = FoldEnsemble(cfg.spec, 2, seed=cfg.seed, classes=data.classes)
     train, val = split(assign_folds(data.items, args.folds, cfg.seed), 0)
 
     t = time.perf_counter()
@@ -50,7 +50,7 @@ def main() -> None:
 
     # the very same views as input tensors, for the run that recomputes the trunk
     inputs = torch.stack([
-        make_views(load_field(it), cfg.views, seed=cfg.seed, sha=it.sha, size=cfg.image_size, mean=ens.mean,
+        make_views(load_field(it), cfg.views, seed=cfg.seed, sha=it.sha, size=cfg.spec.image_size, mean=ens.mean,
                    std=ens.std, flip=cfg.flip)[0]
         for it in data.items
     ])

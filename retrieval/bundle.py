@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,15 +17,39 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from retrieval.ensemble import FoldEnsemble
-from retrieval.nanoclip import NanoCLIPSpec
+from retrieval.errors import KgerError
+from retrieval.spec import NanoCLIPSpec
 
 FORMAT = "kger-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-class BundleError(RuntimeError):
+class BundleError(KgerError):
     """A bundle that cannot be used as asked; the message says which file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle: the ensemble, the manifest it was checked against, and where it lives.
+
+    Kept apart from the `nn.Module` so the model stays a model; a store binds to `fingerprint` and `path`."""
+
+    ensemble: FoldEnsemble
+    manifest: dict
+    path: str  # resolved directory
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    @property
+    def folds(self) -> int:
+        return self.ensemble.folds
+
+    @property
+    def dim(self) -> int:
+        return self.ensemble.dim
 
 
 def _sha256(path: Path) -> str:
@@ -152,7 +177,7 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
-def load_bundle(path: str | Path, *, verify: bool = True) -> FoldEnsemble:
+def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     """Rebuild the ensemble, check the shared trunk's hash and every fold file's checksum, load the folds."""
     path = Path(path)
     manifest = read_manifest(path)
@@ -171,10 +196,7 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> FoldEnsemble:
         if verify and _sha256(fp) != manifest["files"].get(name):
             raise BundleError(f"bundle file {fp} is corrupt (checksum differs from the manifest)")
         load_fold(ens, path, f)
-    ens.manifest = manifest
-    ens.path = str(path.resolve())
-    ens.fingerprint = manifest["fingerprint"]
-    return ens.eval()
+    return Bundle(ensemble=ens.eval(), manifest=manifest, path=str(path.resolve()))
 
 
 def init_bundle(
@@ -182,22 +204,14 @@ def init_bundle(
     *,
     folds: int = 10,
     seed: int = 0,
-    image_backbone: str = "efficientnet_lite0",
-    text_backbone: str = "minilm",
-    pool: str = "lr_split",
-    config: str | None = None,
+    spec: NanoCLIPSpec | None = None,
+    **spec_fields,
 ) -> dict:
-    """An untrained ensemble: pretrained towers, seeded projections. Refuses to overwrite another bundle."""
-    from retrieval.weights import DEFAULT_CONFIG
+    """An untrained ensemble: pretrained towers, seeded projections. Refuses to overwrite another bundle.
 
+    `spec_fields` (image_backbone=, pool=, ...) replace those of `spec` (default: NanoCLIPSpec())."""
     out = Path(out)
     if (out / MANIFEST).exists():
         raise BundleError(f"{out} already holds a bundle; choose another --out or delete it first")
-    spec = NanoCLIPSpec(
-        config=config or DEFAULT_CONFIG.get(image_backbone, "nanoclip-effl0-minilm"),
-        image_backbone=image_backbone,
-        text_backbone=text_backbone,
-        pool=pool,
-    )
-    ens = FoldEnsemble(spec, folds, seed=seed)
+    ens = FoldEnsemble(replace(spec or NanoCLIPSpec(), **spec_fields), folds, seed=seed)
     return save_bundle(ens, out, trained=False)

@@ -5,9 +5,11 @@ import csv
 import json
 from pathlib import Path
 
+from retrieval.errors import InputError
 
-class LabelsError(ValueError):
-    pass
+
+class LabelsError(InputError):
+    """A labels file kger cannot read; the message names the file and what is wrong."""
 
 
 def read_labels(path: str | Path) -> dict[str, str]:

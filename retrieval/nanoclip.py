@@ -1,18 +1,15 @@
-"""NanoCLIP as an open_clip model: model configs, side-aware pooling, and the frozen/trainable split.
+"""NanoCLIP as an open_clip model: tower configs from the spec, side-aware pooling, the frozen/trainable split.
 
-open_clip builds the `CustomTextCLIP` (timm image tower + Hugging Face text tower) from a JSON config in
-`model_configs/`. kger then owns two things open_clip does not have: a pooling that keeps left from right
-(DESIGN.md §4, "Laterality") and a clean cut of each tower into a frozen lower part (shared by every fold) and
-a trainable top (one copy per fold).
+open_clip's `CustomTextCLIP` (timm image tower + Hugging Face text tower) is built from configs derived from
+a `NanoCLIPSpec` (retrieval/spec.py), the one description of the architecture. kger then owns two things
+open_clip does not have: a pooling that keeps left from right (DESIGN.md §4, "Laterality") and a clean cut
+of each tower into a frozen lower part (shared by every fold) and a trainable top (one copy per fold).
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -20,25 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrieval import weights as W
+from retrieval.errors import InputError
+from retrieval.spec import NanoCLIPSpec
+
+__all__ = ["NanoCLIPSpec", "create_clip", "open_clip_config", "split_clip", "make_tokenizer", "POOLS"]
 
 log = logging.getLogger("kger.nanoclip")
 
-CONFIG_DIR = Path(__file__).with_name("model_configs")
-_REGISTERED = False
-
-
-def register_configs() -> None:
-    """Add kger's configs to open_clip's registry (idempotent), as open_clip's own `add_model_config` does."""
-    global _REGISTERED
-    if not _REGISTERED:
-        import open_clip
-
-        open_clip.add_model_config(CONFIG_DIR)
-        _REGISTERED = True
-
-
-def list_configs() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+CONTEXT_LENGTH = 77  # text tokens at most, as CLIP; clinical captions are far shorter
 
 
 # ---------------------------------------------------------------------------------------------- pooling
@@ -74,28 +60,6 @@ class LRSplitPool(nn.Module):
         return torch.cat([halves[..., 0], halves[..., 1]], dim=1).flatten(1)
 
 
-# ---------------------------------------------------------------------------------------------- spec
-@dataclass(frozen=True)
-class NanoCLIPSpec:
-    """Everything needed to rebuild the architecture; stored in the bundle manifest."""
-
-    config: str = "nanoclip-effl0-minilm"  # a model config name (retrieval/model_configs)
-    image_backbone: str = "efficientnet_lite0"  # packaged name or 'timm:ARCH=PATH'
-    text_backbone: str = "minilm"  # 'minilm' or a local Hugging Face model dir
-    pool: str = "lr_split"  # 'lr_split' (side-aware) or 'avg'
-    image_trainable_stages: int = 1  # last N block stages of the image trunk trained per fold (+ conv head)
-    text_trainable_layers: int = 1  # last N transformer layers trained per fold
-    embed_dim: int = 64
-    image_size: int = 224
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "NanoCLIPSpec":
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
-
 @contextlib.contextmanager
 def _quiet_loaders():
     """open_clip warns 'initialized partially' (we load towers ourselves); transformers prints load reports."""
@@ -113,28 +77,31 @@ def _quiet_loaders():
         transformers.logging.set_verbosity(tf_level)
 
 
+def open_clip_config(spec: NanoCLIPSpec, timm_name: str, text_path: str) -> dict:
+    """open_clip's `CustomTextCLIP` arguments for this spec and its resolved towers.
+
+    kger owns pooling and projection (the trunk hands back its last feature map) and loads every weight
+    from local files itself, so open_clip is asked for architecture only."""
+    return {
+        "embed_dim": spec.embed_dim,
+        "vision_cfg": {"timm_model_name": timm_name, "timm_model_pretrained": False, "timm_pool": "",
+                       "timm_proj": "none", "image_size": spec.image_size},
+        "text_cfg": {"hf_model_name": text_path, "hf_tokenizer_name": text_path, "hf_model_pretrained": True,
+                     "hf_pooler_type": "mean_pooler", "hf_proj_type": "linear", "context_length": CONTEXT_LENGTH},
+    }
+
+
 def create_clip(spec: NanoCLIPSpec):
     """Build the open_clip `CustomTextCLIP` with pretrained towers loaded from local files only."""
-    import open_clip
+    from open_clip.model import CustomTextCLIP
 
-    register_configs()
-    cfg = open_clip.get_model_config(spec.config)
-    if cfg is None:
-        raise W.WeightsUnavailable(f"unknown model config {spec.config!r}; known: {', '.join(list_configs())}")
+    if spec.pool not in POOLS:
+        raise InputError(f"unknown pool {spec.pool!r}; known: {', '.join(POOLS)}")
     backbone = W.image_backbone(spec.image_backbone)
     text_path = str(W.resolve_text_backbone(spec.text_backbone))
-    if spec.pool not in POOLS:
-        raise ValueError(f"unknown pool {spec.pool!r}; known: {', '.join(POOLS)}")
-    vision = dict(cfg["vision_cfg"], timm_model_name=backbone.timm_name, image_size=spec.image_size)
-    # kger owns pooling and projection: open_clip's trunk hands back the last feature map.
-    vision.update(timm_pool="", timm_proj="none")
-    text = dict(cfg["text_cfg"], hf_model_name=text_path, hf_tokenizer_name=text_path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with _quiet_loaders():
-        model = open_clip.create_model(
-            spec.config, pretrained=None, pretrained_text=True, vision_cfg=vision, text_cfg=text,
-            embed_dim=spec.embed_dim,
-        )
+        model = CustomTextCLIP(**open_clip_config(spec, backbone.timm_name, text_path))
     W.load_image_weights(model.visual.trunk, backbone)
     return model, backbone, text_path
 
@@ -263,12 +230,12 @@ def split_clip(model, spec: NanoCLIPSpec) -> tuple[ImageTrunk, ImageTop, TextTru
         )
     n_stages = len(trunk.blocks)
     if not 0 <= spec.image_trainable_stages <= n_stages:
-        raise ValueError(f"image_trainable_stages must be in 0..{n_stages}")
+        raise InputError(f"image_trainable_stages must be in 0..{n_stages}")
     icut = n_stages - spec.image_trainable_stages
     transformer = model.text.transformer
     n_layers = len(_bert_layers(transformer))
     if not 0 <= spec.text_trainable_layers <= n_layers:
-        raise ValueError(f"text_trainable_layers must be in 0..{n_layers}")
+        raise InputError(f"text_trainable_layers must be in 0..{n_layers}")
     tcut = n_layers - spec.text_trainable_layers
     pad = model.text.config.pad_token_id or 0
     width = model.text.config.hidden_size
@@ -281,7 +248,7 @@ def split_clip(model, spec: NanoCLIPSpec) -> tuple[ImageTrunk, ImageTop, TextTru
     )
 
 
-def make_tokenizer(text_path: str, context_length: int = 77) -> Callable[[list[str]], torch.Tensor]:
+def make_tokenizer(text_path: str, context_length: int = CONTEXT_LENGTH) -> Callable[[list[str]], torch.Tensor]:
     """open_clip's HF tokenizer, but padded to the longest text in the batch instead of to 77 tokens:
     a short clinical query then costs a fraction of the transformer work (padding is masked anyway)."""
     from open_clip.tokenizer import HFTokenizer
@@ -293,7 +260,3 @@ def make_tokenizer(text_path: str, context_length: int = 77) -> Callable[[list[s
                   return_tensors="pt")["input_ids"]
 
     return tokenize
-
-
-def config_json(name: str) -> dict:
-    return json.loads((CONFIG_DIR / f"{name}.json").read_text())

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps
 
+from retrieval.errors import InputError
+
 if TYPE_CHECKING:
     import torch
 
@@ -46,7 +48,7 @@ MAX_OUTSIDE_BRIGHT = 0.10  # fraction of bright pixels tolerated outside the box
 FULL_FRAME = 0.97  # a box this close to the frame on both axes is "no border"
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(InputError):
     """Raised with a one-line, human reason ('not an image', 'truncated PNG', 'empty file', ...).
 
     ``str(err)`` is the reason alone; ``err.path`` is the file, so callers can say which one was skipped.

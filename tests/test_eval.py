@@ -21,7 +21,7 @@ from agent.cli.evaluate import (
 from agent.posfuse import FuseConfig
 from agent.cli.queries import Truth
 from agent.state import Answer, AnswerRow
-from test_cli_batch import CLASS_QUERIES, T2I_JSON, build_store, lines_of
+from test_cli_batch import CLASS_QUERIES, T2I_JSON, lines_of
 
 runner = CliRunner()
 
@@ -41,8 +41,8 @@ def kger(*args, home):
 
 
 @pytest.fixture(scope="session")
-def store_home(tmp_path_factory, entrep_train):
-    return build_store(tmp_path_factory, entrep_train)
+def store_home(store_factory):
+    return store_factory(seed=0, blind=True).home
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 from retrieval import weights as W
 from retrieval.bundle import BundleError, init_bundle, load_bundle, read_manifest
 from retrieval.ensemble import fold_scores
-from retrieval.nanoclip import NanoCLIPSpec, create_clip, list_configs, split_clip
+from retrieval.nanoclip import NanoCLIPSpec, create_clip, open_clip_config, split_clip
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +25,7 @@ def bundle3(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ens3(bundle3):
-    return load_bundle(bundle3)
+    return load_bundle(bundle3).ensemble
 
 
 def _images(n=4, seed=0):
@@ -33,16 +33,16 @@ def _images(n=4, seed=0):
     return torch.rand(n, 3, 224, 224, generator=g) * 2 - 1
 
 
-def test_configs_are_registered_with_open_clip():
-    import open_clip
-
-    from retrieval.nanoclip import register_configs
-
-    register_configs()
-    assert "nanoclip-effl0-minilm" in list_configs()
-    cfg = open_clip.get_model_config("nanoclip-effl0-minilm")
+def test_open_clip_config_comes_from_the_spec():
+    """The spec is the one source: open_clip gets the towers it names, and kger keeps pooling/projection."""
+    spec = NanoCLIPSpec(embed_dim=32, image_size=192)
+    cfg = open_clip_config(spec, W.image_backbone(spec.image_backbone).timm_name, "/text")
     assert cfg["vision_cfg"]["timm_model_name"] == "tf_efficientnet_lite0"
-    assert cfg["text_cfg"]["hf_pooler_type"] == "mean_pooler"
+    assert W.image_backbone("mobilenetv2").timm_name == "mobilenetv2_100"
+    assert cfg["text_cfg"]["hf_pooler_type"] == "mean_pooler" and cfg["text_cfg"]["hf_model_name"] == "/text"
+    assert (cfg["embed_dim"], cfg["vision_cfg"]["image_size"]) == (32, 192)
+    assert (cfg["vision_cfg"]["timm_pool"], cfg["vision_cfg"]["timm_proj"]) == ("", "none")
+    assert NanoCLIPSpec.from_dict({**spec.to_dict(), "config": "nanoclip-effl0-minilm"}) == spec  # old manifests
 
 
 def test_split_is_exact_against_the_unsplit_open_clip_model():
@@ -90,7 +90,7 @@ def test_ensemble_cosine_is_the_mean_of_fold_cosines(ens3):
 def test_folds_have_distinct_seeded_projections(ens3, bundle3):
     w = [top.proj.weight for top in ens3.image_tops]
     assert not torch.equal(w[0], w[1])
-    again = load_bundle(bundle3)
+    again = load_bundle(bundle3).ensemble
     assert torch.equal(again.image_tops[1].proj.weight, w[1])
     m = read_manifest(bundle3)
     assert m["fold_seeds"] == [7000, 7001, 7002] and m["trained"] is False
@@ -234,7 +234,7 @@ def test_other_backbones_build_from_local_files_only(tmp_path):
     for backbone in ("mobilenetv2", f"timm:mobilenetv2_100={ckpt}"):
         out = tmp_path / backbone.split("=")[0].replace(":", "_")
         m = init_bundle(out, folds=1, image_backbone=backbone, text_backbone=text_dir)
-        ens = load_bundle(out)
+        ens = load_bundle(out).ensemble
         v, _ = ens.encode_images(_images(1))
         assert v.shape == (1, 64) and m["spec"]["image_backbone"] == backbone
         assert ens.mean == W.IMAGENET_MEAN  # per-backbone normalisation

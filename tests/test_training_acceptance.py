@@ -18,7 +18,7 @@ def test_trained_ensemble_finds_each_class_from_its_plain_description(entrep_tra
     assert manifest["folds"] == 3 and manifest["trained"] and not manifest["partial"]
     assert len(manifest["metrics"]["per_fold"]) == 3
 
-    ens = load_bundle(tmp_path / "bundle")  # verifies the shared trunk hash and every fold's checksum
+    ens = load_bundle(tmp_path / "bundle").ensemble  # verifies the shared trunk hash and every fold's checksum
     rows, acc = class_search(ens, held, entrep_train / "imgs")
     print("\n" + format_rows(rows, acc, title=f"held-out gallery of {len(held)} images, 3-fold ensemble"))
 

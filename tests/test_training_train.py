@@ -13,7 +13,7 @@ from training import train as T
 
 def test_config_overrides_are_type_checked_and_unknown_keys_refused(tmp_path):
     cfg = T.parse_args(["DATA", "--out", "/x", "--epochs=3", "--lr", "5e-4", "--flip=false", "--pool=avg"])
-    assert (cfg.data, cfg.out, cfg.epochs, cfg.lr, cfg.flip, cfg.pool) == ("DATA", "/x", 3, 5e-4, False, "avg")
+    assert (cfg.data, cfg.out, cfg.epochs, cfg.lr, cfg.flip, cfg.spec.pool) == ("DATA", "/x", 3, 5e-4, False, "avg")
     assert T.parse_args(["D", "--config=debug"]).folds == T.PRESETS["debug"]["folds"]
     assert T.parse_args(["D", "--config=debug", "--folds=3"]).folds == 3  # overrides come after the preset
     (tmp_path / "c.json").write_text(json.dumps({"views": 4, "cls_weight": 1}))
@@ -89,7 +89,7 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(small_entrep, 
     assert manifest["train"]["config"]["epochs"] == 2 and set(manifest["train"]["val_fold"].values()) == {0, 1}
 
     # the shared trunk is the untouched pretrained one, byte for byte
-    untrained = FoldEnsemble(load_bundle(out).spec, 2, seed=0)
+    untrained = FoldEnsemble(load_bundle(out).ensemble.spec, 2, seed=0)
     assert manifest["shared_hash"] == untrained.shared_hash()
 
     # same settings again: nothing to do; other settings into the same folder: refused
@@ -112,6 +112,6 @@ def test_single_model_on_everything(small_entrep, tmp_path):
     manifest = T.train_from_path(small_entrep, tmp_path / "one", folds=1, **{**SMALL, "epochs": 1})
     assert manifest["folds"] == 1 and manifest["metrics"] == {}
     assert set(manifest["train"]["val_fold"].values()) == {-1}  # nothing held out
-    ens = load_bundle(tmp_path / "one")
+    ens = load_bundle(tmp_path / "one").ensemble
     vec, probs = ens.encode_images(torch.zeros(1, 3, 224, 224))
     assert vec.shape == (1, 64) and probs.shape == (1, 7)

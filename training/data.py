@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from retrieval import lexicon
+from retrieval.errors import InputError
 from retrieval.preprocess import IMAGE_SUFFIXES, ImageLoadError, file_sha256, load_image
 
 log = logging.getLogger("kger.train")
@@ -26,7 +27,7 @@ _TEXT_COLS = ("text", "caption", "description", "query")
 _LABEL_COLS = ("label", "class", "cls", "folder_class")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """The data folder or file cannot be read as training data; the message says what was expected."""
 
 

@@ -9,7 +9,7 @@ Commands (run from the project root):
     kger train DATA --out DIR --folds 10 --epochs 30                        # the same, from the CLI
 
 DATA is an ENTRep folder (imgs/ + cls.json and/or t2i.json), a folder per class, or a CSV (image,text[,label]).
-Overrides apply in order: defaults below, `--config` (a preset name or a JSON file), then `--key=value`;
+Overrides apply in order: the defaults (training/config.py), `--config` (a preset name or a JSON file), then `--key=value`;
 unknown keys and values of the wrong type are refused.
 
 What it does, top to bottom: read the data; deal grouped, stratified folds; build the ensemble (pretrained
@@ -28,9 +28,9 @@ import math
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from rich import box
@@ -38,76 +38,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from retrieval.bundle import MANIFEST, BundleError, fold_file, load_fold, read_manifest, save_bundle, write_fold
+from retrieval.bundle import MANIFEST, fold_file, load_fold, read_manifest, save_bundle, write_fold
 from retrieval.ensemble import FoldEnsemble
+from retrieval.errors import KgerError
 from retrieval.metrics import summarize
-from retrieval.nanoclip import NanoCLIPSpec
-from retrieval.weights import WeightsUnavailable
 from training.augment import AugmentConfig
 from training.cache import TextCache, ViewCache, build_text_cache, build_view_cache, view_texts
+from training.config import PRESETS, SELECTABLE, TrainConfig, TrainError, make_config  # noqa: F401 (PRESETS: re-exported)
 from training.data import Dataset, load_dataset
 from training.folds import assign_folds, clamp_folds, holdout, split
 from training.loss import classifier_loss, hard_negatives, multi_positive_loss, positive_weights
 
 PROGRESS = "train_progress.json"
-
-
-class TrainError(RuntimeError):
-    """A training run that cannot go ahead as asked; one line that says what to do."""
-
-
-# -----------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TrainConfig:
-    # I/O
-    data: str = ""  # ENTRep folder, folder-per-class, or CSV (image,text[,label])
-    out: str = "out/bundle"  # bundle directory; a rerun with the same settings resumes there
-    # data
-    folds: int = 10  # K; clamped to the images of the smallest class; 1 = one model on everything
-    val_fraction: float = 0.0  # K=1 only: grouped, stratified share held out to pick the epoch (0 = none)
-    views: int = 8  # cached views per image: plain, mirrored, then augmented (alternately mirrored)
-    flip: bool = True  # mirrored views with the side swapped; pool='avg' cannot use them, so off there
-    templates: bool = True  # add the lexicon's class captions to every labelled image
-    desc_prob: float = 0.5  # chance a step draws an image's own description (if any) over a class caption
-    # model
-    config: str = "nanoclip-effl0-minilm"  # retrieval/model_configs name
-    image_backbone: str = "efficientnet_lite0"  # packaged name or 'timm:ARCH=PATH'
-    text_backbone: str = "minilm"  # 'minilm' or a local Hugging Face model dir
-    pool: str = "lr_split"  # 'lr_split' (side-aware) or 'avg' (the baseline that cannot see sides)
-    image_trainable_stages: int = 1  # last block stages trained per fold (+ conv head)
-    text_trainable_layers: int = 1  # last transformer layers trained per fold
-    embed_dim: int = 64
-    image_size: int = 224
-    # optimizer
-    epochs: int = 50  # passes over a fold's training images (one random cached view each)
-    batch_size: int = 32
-    lr: float = 1e-2  # projections, classifier head, temperature
-    backbone_lr: float = 1e-3  # trainable layers of both towers
-    weight_decay: float = 0.05
-    warmup_steps: int = 10  # linear warm-up, then cosine decay
-    min_lr_ratio: float = 0.1  # decay to lr * this at the last step
-    grad_clip: float = 1.0  # max gradient norm (0 = off)
-    # loss
-    cls_weight: float = 0.5  # weight of the 7-way classifier cross-entropy on the pooled features
-    class_pos_weight: float = 0.5  # target weight of a description and an image sharing only its class (own: 1)
-    hard_margin: float = 0.1  # extra cosine margin for opposite-side and open/closed negatives
-    label_smoothing: float = 0.1
-    select_by: str = "nDCG@10"  # validation metric that picks each fold's best epoch (ties: head accuracy)
-    bn_train: bool = False  # update BatchNorm statistics in the fold tops (tiny batches: keep off)
-    # system
-    seed: int = 0
-    threads: int = 0  # torch threads (0 = torch's default)
-    progress: bool = True  # progress bars on stderr
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # A CPU-sized smoke run, like nanoGPT's train_shakespeare_char.py: seconds per fold, proves the plumbing.
-    "debug": dict(folds=2, views=2, epochs=2, batch_size=16),
-}
-SELECTABLE = ("R@1", "R@5", "R@10", "MRR", "nDCG@10", "acc")
 # Settings that do not change the weights: a resumed run may differ in these.
 _NOT_IN_KEY = ("data", "out", "threads", "progress")
-# -----------------------------------------------------------------------------------------------------------
 
 
 # ----------------------------------------------------------------------------------------------- schedule
@@ -272,13 +216,6 @@ def _round(v):
 
 
 # --------------------------------------------------------------------------------------------- bookkeeping
-def spec_of(cfg: TrainConfig) -> NanoCLIPSpec:
-    return NanoCLIPSpec(config=cfg.config, image_backbone=cfg.image_backbone, text_backbone=cfg.text_backbone,
-                        pool=cfg.pool, image_trainable_stages=cfg.image_trainable_stages,
-                        text_trainable_layers=cfg.text_trainable_layers, embed_dim=cfg.embed_dim,
-                        image_size=cfg.image_size)
-
-
 def run_key(cfg: TrainConfig, data_hash: str, folds: int) -> str:
     """What a resumed run must share with the interrupted one: every weight-changing setting and the data."""
     basis = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_KEY}
@@ -350,7 +287,7 @@ def main(cfg: TrainConfig, *, console: Console | None = None) -> dict:
         splits = [holdout(data.items, cfg.val_fraction, cfg.seed)]
         held_out = set(splits[0][1])
         fold_ids = [0 if i in held_out else -1 for i in range(len(data.items))]  # -1: trained on by every fold
-    flip = cfg.flip and cfg.pool != "avg"
+    flip = cfg.flip and cfg.spec.pool != "avg"
     if cfg.flip and not flip:
         console.print("note: no mirrored views with pool='avg' (average pooling cannot tell the sides apart)")
 
@@ -362,7 +299,7 @@ def main(cfg: TrainConfig, *, console: Console | None = None) -> dict:
         return read_manifest(out)
 
     # model
-    ens = FoldEnsemble(spec_of(cfg), k, seed=cfg.seed, classes=data.classes)
+    ens = FoldEnsemble(cfg.spec, k, seed=cfg.seed, classes=data.classes)
     untrained_shared = ens.shared_hash()
     for f in sorted(done):
         load_fold(ens, out, f)
@@ -466,54 +403,9 @@ def write_progress(out: Path, key: str, k: int, done: dict[int, dict]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- entry
-def make_config(base: TrainConfig | None = None, preset: str | None = None, **overrides) -> TrainConfig:
-    """Defaults, then a preset name or JSON file, then keyword overrides; unknown keys are an error."""
-    cfg = base or TrainConfig()
-    layers: list[dict] = []
-    if preset:
-        if preset in PRESETS:
-            layers.append(PRESETS[preset])
-        elif Path(preset).is_file():
-            layers.append(json.loads(Path(preset).read_text()))
-        else:
-            raise TrainError(f"--config {preset!r} is neither a preset ({', '.join(PRESETS)}) nor a JSON file")
-    layers.append(overrides)
-    names = {f.name for f in fields(TrainConfig)}
-    for layer in layers:
-        unknown = sorted(set(layer) - names)
-        if unknown:
-            raise TrainError(f"unknown training setting(s): {', '.join(unknown)}")
-        cfg = replace(cfg, **{k: _coerce(k, v, getattr(cfg, k)) for k, v in layer.items()})
-    return cfg
-
-
-def _coerce(key: str, value, default):
-    """Check a value against the default's type, as nanoGPT's configurator does (strings are parsed)."""
-    kind = type(default)
-    if isinstance(value, str) and kind is not str:
-        if kind is bool:
-            low = value.lower()
-            if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                raise TrainError(f"--{key} wants true or false, not {value!r}")
-            return low in ("1", "true", "yes", "on")
-        try:
-            return kind(value)
-        except ValueError:
-            raise TrainError(f"--{key} wants a {kind.__name__}, not {value!r}") from None
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise TrainError(f"--{key} wants a {kind.__name__}, not {value!r}")
-    return value
-
-
-def train_from_path(data, out, folds: int = 10, epochs: int | None = None, seed: int = 0, *,
-                    console: Console | None = None, **overrides) -> dict:
-    """The entry `kger train` calls; returns the manifest."""
-    if epochs is not None:
-        overrides["epochs"] = epochs
-    cfg = make_config(data=str(data), out=str(out), folds=folds, seed=seed, **overrides)
-    return main(cfg, console=console)
+def train_from_path(data, out, *, console: Console | None = None, **overrides) -> dict:
+    """Train from Python with any settings (`folds=2, epochs=3, pool="avg"`); returns the manifest."""
+    return main(make_config(data=str(data), out=str(out), **overrides), console=console)
 
 
 def parse_args(argv: Sequence[str]) -> TrainConfig:
@@ -546,7 +438,7 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         manifest = main(parse_args(sys.argv[1:]))
-    except (TrainError, ValueError, BundleError, WeightsUnavailable) as e:
+    except KgerError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1)
     except KeyboardInterrupt:

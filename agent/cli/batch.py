@@ -12,6 +12,7 @@ from agent.cli.common import (
     BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, PoolOpt, StoreOpt, check_llm, err_console,
     open_assistant, out_console, print_json, progress, report_skipped, set_home,
 )
+from retrieval.errors import InputError
 
 if TYPE_CHECKING:
     from agent.cli.queries import Query

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from agent.cli.common import HomeOpt, JsonOpt, err_console, out_console, print_json, set_home
+from retrieval.spec import NanoCLIPSpec
 
 app = typer.Typer(help="Create and inspect model bundles (a manifest + per-fold weights).", no_args_is_help=True)
 
@@ -16,10 +17,10 @@ def init(
     out: Annotated[Path, typer.Option("--out", help="Directory to create the bundle in.")],
     folds: Annotated[int, typer.Option("--folds", min=1, max=64, help="Number of ensemble folds (K).")] = 10,
     image_backbone: Annotated[str, typer.Option(
-        "--image-backbone", help="efficientnet_lite0 | mobilenetv2 | timm:ARCH=/local/checkpoint.pth")] = "efficientnet_lite0",
+        "--image-backbone", help="efficientnet_lite0 | mobilenetv2 | timm:ARCH=/local/checkpoint.pth")] = NanoCLIPSpec.image_backbone,
     text_backbone: Annotated[str, typer.Option(
-        "--text-backbone", help="minilm | /path/to/local/hf-model-dir")] = "minilm",
-    pool: Annotated[str, typer.Option("--pool", help="lr_split (side-aware, default) | avg (baseline)")] = "lr_split",
+        "--text-backbone", help="minilm | /path/to/local/hf-model-dir")] = NanoCLIPSpec.text_backbone,
+    pool: Annotated[str, typer.Option("--pool", help="lr_split (side-aware, default) | avg (baseline)")] = NanoCLIPSpec.pool,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the per-fold projections.")] = 0,
     home: HomeOpt = None,
     json_out: JsonOpt = False,

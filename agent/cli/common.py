@@ -12,6 +12,8 @@ from rich.console import Console
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from retrieval.errors import InputError
+
 out_console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
@@ -37,23 +39,16 @@ NO_KEY_NOTICE = "GOOGLE_API_KEY is not set: the planner and judge fall back to o
 SHOWN = 20  # entries listed on stderr before "... and N more"; --json lists all
 
 
-class BatchError(ValueError):
+class BatchError(InputError):
     """A user-facing failure of batch or eval (the CLI prints its one line and exits 1)."""
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean 'bad input or state', imported lazily so --help stays fast."""
-    from retrieval.bundle import BundleError
-    from retrieval.labels import LabelsError
-    from retrieval.preprocess import ImageLoadError
-    from retrieval.weights import WeightsUnavailable
-    from store.gallery import StoreError
+    """'Bad input or state': every kger error, and an OS error about a path the user named. A KeyError or
+    ValueError from our own code is a bug and keeps its traceback. Imported lazily so --help stays fast."""
+    from retrieval.errors import KgerError
 
-    errors: tuple[type[BaseException], ...] = ()
-    if "training.train" in sys.modules:  # only `kger train` imports the training module
-        errors = (sys.modules["training.train"].TrainError,)
-    return errors + (BundleError, LabelsError, ImageLoadError, WeightsUnavailable, StoreError, FileNotFoundError,
-            NotADirectoryError, PermissionError, KeyError, ValueError)
+    return (KgerError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 class KgerGroup(TyperGroup):
@@ -76,7 +71,7 @@ class KgerGroup(TyperGroup):
         except Exception as e:
             if os.environ.get("KGER_DEBUG") or not isinstance(e, _user_errors()):
                 raise
-            msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+            msg = str(e)
             msg = msg.splitlines()[0] if msg else type(e).__name__
             if getattr(e, "path", None) and str(e.path) not in msg:  # ImageLoadError keeps the path apart
                 msg = f"{e.path}: {msg}"

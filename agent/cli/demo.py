@@ -71,17 +71,17 @@ def demo(
             init_bundle(bundle, folds=folds)
 
     _step(3, "Indexing into store 'demo'")
-    ens = load_bundle(bundle)
+    loaded = load_bundle(bundle)
     root = home_dir / "stores" / "demo"
     gallery = Gallery.open("demo", create=True)
     try:
-        gallery.bind_bundle(ens.fingerprint, ens.path, ens.dim)
+        gallery.bind_bundle(loaded.fingerprint, loaded.path, loaded.dim)
     except BundleMismatchError:  # the demo owns its store: one made by an earlier bundle is rebuilt
         gallery.close()
         shutil.rmtree(root, ignore_errors=True)
         gallery = Gallery.open("demo", create=True)
-        gallery.bind_bundle(ens.fingerprint, ens.path, ens.dim)
-    report = index_images(ens, gallery, imgs, labels=read_labels(labels_file) if labels_file else {})
+        gallery.bind_bundle(loaded.fingerprint, loaded.path, loaded.dim)
+    report = index_images(loaded.ensemble, gallery, imgs, labels=read_labels(labels_file) if labels_file else {})
     err_console.print(f"{report.indexed} indexed, {report.present} already there, {len(report.skipped)} skipped")
     gallery.close()
 

@@ -21,6 +21,7 @@ from typing import Iterable, Optional, Sequence
 from agent.cli.queries import Truth
 from agent.posfuse import STRATEGIES, FuseConfig, rank
 from agent.state import Answer, AnswerRow
+from retrieval.errors import InputError
 from retrieval.metrics import summarize
 
 STAGES = ("ensemble", "retrieval", "judge", "fused")
@@ -211,7 +212,7 @@ def tune_fusion(records: Sequence[EvalRecord], seed: int = 0, grid: Optional[Seq
     """
     usable = [r for r in records if r.rows]
     if len(usable) < 2:
-        raise ValueError("--tune-fusion needs at least 2 evaluated queries (one to tune on, one to test on)")
+        raise InputError("--tune-fusion needs at least 2 evaluated queries (one to tune on, one to test on)")
     tune_q, test_q = split_queries([r.query for r in usable], seed)
     by_q = {r.query: r for r in usable}
     tune, test = [by_q[q] for q in tune_q], [by_q[q] for q in test_q]

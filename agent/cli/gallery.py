@@ -56,13 +56,13 @@ def index(
     if labels:
         err_console.print(f"Labels: {len(label_map)} from {labels}")
     with err_console.status("Loading bundle..."):
-        ens = load_bundle(bundle)
+        loaded = load_bundle(bundle)
     gallery = open_gallery(store, chroma_url, create=True)
-    gallery.bind_bundle(ens.fingerprint, ens.path, ens.dim)
+    gallery.bind_bundle(loaded.fingerprint, loaded.path, loaded.dim)
     with progress(disable=False) as bar:
         task = bar.add_task("Indexing", total=None)
         report = index_images(
-            ens, gallery, images, labels=label_map, batch_size=batch_size,
+            loaded.ensemble, gallery, images, labels=label_map, batch_size=batch_size,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
             on_skip=lambda p, why: err_console.print(f"[yellow]skipped[/yellow] {p}: {why}"),
         )
@@ -70,7 +70,7 @@ def index(
         "store": store, "indexed": report.indexed, "already_present": report.present,
         "skipped": [{"path": p, "reason": r} for p, r in report.skipped],
         "duplicates": [{"path": p, "same_as": s} for p, s in report.duplicates],
-        "count": gallery.count(), "bundle": ens.fingerprint,
+        "count": gallery.count(), "bundle": loaded.fingerprint,
     }
     if json_out:
         print_json(summary)
@@ -116,7 +116,7 @@ def search(
     results = searcher.image(image, k=k) if image is not None else searcher.text(text, k=k)
     if json_out:
         print_json({"query": text, "image": str(image) if image else None, "store": store,
-                    "bundle": searcher.ens.fingerprint,
+                    "bundle": searcher.bundle.fingerprint,
                     "results": [r.model_dump(exclude=TOOL_FIELDS) for r in results]})
     else:
         out_console.print(results_table(results, f"Top {len(results)} for {text!r}" if text else f"Images like {image}"))

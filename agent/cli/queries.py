@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Any, Iterator, Optional
 
+from retrieval.errors import InputError
 from retrieval.lexicon import CLASSES
 
 MAX_QUERY_CHARS = 2000  # a description longer than this is a pasted document, not a query
@@ -97,7 +98,7 @@ def _csv_rows(text: str, where: Path) -> Iterator[tuple[int, list[str]]]:
                 yield start, row
             start = reader.line_num + 1
     except csv.Error as e:
-        raise ValueError(f"{where} is not a readable CSV file (line {reader.line_num}: {e})") from None
+        raise InputError(f"{where} is not a readable CSV file (line {reader.line_num}: {e})") from None
 
 
 def _header_index(cells: list[str], names: tuple[str, ...]) -> Optional[int]:
@@ -109,7 +110,7 @@ def _json_document(text: str, path: Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise InputError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
 def _lines(text: str) -> list[str]:
@@ -178,9 +179,9 @@ def _raw_queries(path: Path, text: str) -> Parsed:
                 value = item if isinstance(item, str) else _field(item, QUERY_COLUMNS)
                 raw.append((n, value, None if value is not None else "no 'query' field"))
         else:
-            raise ValueError(f"{path} must hold an object (description -> image, like t2i.json) or a list of queries")
+            raise InputError(f"{path} must hold an object (description -> image, like t2i.json) or a list of queries")
     else:
-        raise ValueError(f"cannot read queries from {path.name}: use a {', '.join(QUERY_SUFFIXES)} file")
+        raise InputError(f"cannot read queries from {path.name}: use a {', '.join(QUERY_SUFFIXES)} file")
     return Parsed(items=raw, unit=unit)
 
 
@@ -246,7 +247,7 @@ def _raw_truth(path: Path, text: str) -> Parsed:
             q_col, t_col = _header_index(first, QUERY_COLUMNS), _header_index(first, TARGET_COLUMNS)
             if q_col is not None or t_col is not None:
                 if q_col is None or t_col is None:
-                    raise ValueError(f"{path} needs a query column ({'/'.join(QUERY_COLUMNS)}) and an image or "
+                    raise InputError(f"{path} needs a query column ({'/'.join(QUERY_COLUMNS)}) and an image or "
                                      f"class column ({'/'.join(TARGET_COLUMNS)})")
                 body = rows[1:]
             else:  # header-less: query, target
@@ -266,7 +267,7 @@ def _raw_truth(path: Path, text: str) -> Parsed:
             elif isinstance(doc, list):
                 items = [(n, _field(o, QUERY_COLUMNS), _field(o, TARGET_COLUMNS), None) for n, o in enumerate(doc, start=1)]
             else:
-                raise ValueError(f"{path} must map descriptions to images or classes, like ENTRep's t2i.json")
+                raise InputError(f"{path} must map descriptions to images or classes, like ENTRep's t2i.json")
         else:
             items = [(n, _field(o, QUERY_COLUMNS), _field(o, TARGET_COLUMNS), err) for n, o, err in _jsonl_objects(text)]
         for n, q, t, err in items:
@@ -274,7 +275,7 @@ def _raw_truth(path: Path, text: str) -> Parsed:
                 err = "needs a query and an image or class"
             raw.append((n, q, t, err))
     else:
-        raise ValueError(f"cannot read ground truth from {path.name}: use a .json (t2i.json), .jsonl or .csv file")
+        raise InputError(f"cannot read ground truth from {path.name}: use a .json (t2i.json), .jsonl or .csv file")
     return Parsed(items=raw, unit=unit)
 
 

@@ -1,4 +1,8 @@
-"""`kger train`: the training module behind a command (imported only when this command runs)."""
+"""`kger train`: the training module behind a command (torch is imported only when this command runs).
+
+Defaults and `--set` parsing come from training/config.py (no torch), the same code as
+`python -m training.train --key=value`: one default per setting, one parser.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,36 +11,20 @@ from typing import Annotated, Optional
 import typer
 
 from agent.cli.common import HomeOpt, JsonOpt, err_console, out_console, print_json, set_home
-
-
-def _coerce(cfg_cls, key: str, raw: str):
-    import dataclasses
-
-    types = {f.name: f.type for f in dataclasses.fields(cfg_cls)}
-    default = {f.name: f.default for f in dataclasses.fields(cfg_cls)}
-    if key not in types:
-        raise typer.BadParameter(f"unknown training setting {key!r}; see training/train.py TrainConfig")
-    d = default[key]
-    if isinstance(d, bool):
-        if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise typer.BadParameter(f"{key} takes true or false, not {raw!r}")
-        return raw.lower() in ("true", "1", "yes")
-    try:
-        return type(d)(raw) if d is not None else raw
-    except ValueError:
-        raise typer.BadParameter(f"{key} takes a {type(d).__name__}, not {raw!r}") from None
+from retrieval.spec import NanoCLIPSpec
+from training.config import TrainConfig, TrainError, make_config, parse_settings
 
 
 def train(
     data: Annotated[Path, typer.Argument(help="ENTRep folder (imgs/ + cls.json and/or t2i.json), a folder per class, or a CSV (image,text[,label]).")],
     out: Annotated[Path, typer.Option("--out", help="Bundle directory to write (a rerun resumes there).")],
-    folds: Annotated[int, typer.Option("--folds", min=1, max=64, help="K folds of the ensemble (1 = one model on everything).")] = 10,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, max=10000, help="Epochs per fold.")] = 40,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for folds, augmentation and initialisation.")] = 0,
-    pool: Annotated[str, typer.Option("--pool", help="lr_split (side-aware) | avg (baseline)")] = "lr_split",
-    image_backbone: Annotated[str, typer.Option("--image-backbone", help="efficientnet_lite0 | mobilenetv2 | timm:ARCH=PATH")] = "efficientnet_lite0",
-    text_backbone: Annotated[str, typer.Option("--text-backbone", help="minilm | /local/hf-model-dir")] = "minilm",
-    setting: Annotated[Optional[list[str]], typer.Option("--set", help="Any other TrainConfig field, KEY=VALUE (repeatable), e.g. --set lr=1e-3.")] = None,
+    folds: Annotated[int, typer.Option("--folds", min=1, max=64, help="K folds of the ensemble (1 = one model on everything).")] = TrainConfig.folds,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, max=10000, help="Epochs per fold.")] = TrainConfig.epochs,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for folds, augmentation and initialisation.")] = TrainConfig.seed,
+    pool: Annotated[str, typer.Option("--pool", help="lr_split (side-aware) | avg (baseline)")] = NanoCLIPSpec.pool,
+    image_backbone: Annotated[str, typer.Option("--image-backbone", help="efficientnet_lite0 | mobilenetv2 | timm:ARCH=PATH")] = NanoCLIPSpec.image_backbone,
+    text_backbone: Annotated[str, typer.Option("--text-backbone", help="minilm | /local/hf-model-dir")] = NanoCLIPSpec.text_backbone,
+    setting: Annotated[Optional[list[str]], typer.Option("--set", help="Any other TrainConfig or NanoCLIPSpec field, KEY=VALUE (repeatable), e.g. --set lr=1e-3.")] = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ):
@@ -47,16 +35,14 @@ def train(
     set_home(home)
     if not data.exists():
         raise FileNotFoundError(f"no training data at {data}")
-    from training.train import TrainConfig, main
+    try:
+        options = dict(data=str(data), out=str(out), folds=folds, epochs=epochs, seed=seed, pool=pool,
+                       image_backbone=image_backbone, text_backbone=text_backbone)
+        cfg = make_config(**{**options, **parse_settings(setting or [])})
+    except TrainError as e:  # a bad setting is a usage error (exit 2), like a bad option
+        raise typer.BadParameter(str(e), param_hint="--set") from None
+    from training.train import main
 
-    overrides = {}
-    for item in setting or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--set takes KEY=VALUE, not {item!r}")
-        overrides[key.strip()] = _coerce(TrainConfig, key.strip(), raw.strip())
-    cfg = TrainConfig(data=str(data), out=str(out), folds=folds, epochs=epochs, seed=seed, pool=pool,
-                      image_backbone=image_backbone, text_backbone=text_backbone, **overrides)
     manifest = main(cfg, console=err_console)
     if json_out:
         print_json(manifest)
