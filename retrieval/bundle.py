@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
-from retrieval.ensemble import FoldEnsemble
-from retrieval.nanoclip import NanoCLIPSpec
+if TYPE_CHECKING:  # torch loads only when weights are read or written: the ONNX query path reads manifests only
+    import torch
+
+    from retrieval.ensemble import FoldEnsemble
 
 FORMAT = "kger-bundle"
 FORMAT_VERSION = 1
@@ -48,6 +49,8 @@ def fold_state(ens: FoldEnsemble, f: int) -> dict[str, torch.Tensor]:
 
 def write_fold(ens: FoldEnsemble, out: Path, f: int) -> str:
     """Write one fold atomically (tmp file + rename): a crash never leaves a half-written fold behind."""
+    from safetensors.torch import save_file
+
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / (fold_file(f) + ".tmp")
     save_file(fold_state(ens, f), str(tmp))
@@ -60,6 +63,9 @@ def write_fold(ens: FoldEnsemble, out: Path, f: int) -> str:
 
 def load_fold(ens: FoldEnsemble, path: str | Path, f: int) -> None:
     """Put one fold's stored weights back into the ensemble (the inverse of `fold_state`)."""
+    import torch
+    from safetensors.torch import load_file
+
     fp = Path(path) / fold_file(f)
     try:
         state = load_file(str(fp))
@@ -152,8 +158,22 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
+def set_manifest_entry(path: str | Path, key: str, value: Any) -> dict:
+    """Add one entry (e.g. the ONNX export) to a bundle's manifest, atomically; the fingerprint is unchanged."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    manifest[key] = value
+    tmp = path / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, path / MANIFEST)
+    return manifest
+
+
 def load_bundle(path: str | Path, *, verify: bool = True) -> FoldEnsemble:
     """Rebuild the ensemble, check the shared trunk's hash and every fold file's checksum, load the folds."""
+    from retrieval.ensemble import FoldEnsemble
+    from retrieval.nanoclip import NanoCLIPSpec
+
     path = Path(path)
     manifest = read_manifest(path)
     spec = NanoCLIPSpec.from_dict(manifest["spec"])
@@ -186,8 +206,13 @@ def init_bundle(
     text_backbone: str = "minilm",
     pool: str = "lr_split",
     config: str | None = None,
+    export: bool = False,
 ) -> dict:
-    """An untrained ensemble: pretrained towers, seeded projections. Refuses to overwrite another bundle."""
+    """An untrained ensemble: pretrained towers, seeded projections. Refuses to overwrite another bundle.
+
+    `export`: also write the ONNX query-time towers (retrieval/export.py)."""
+    from retrieval.ensemble import FoldEnsemble
+    from retrieval.nanoclip import NanoCLIPSpec
     from retrieval.weights import DEFAULT_CONFIG
 
     out = Path(out)
@@ -200,4 +225,9 @@ def init_bundle(
         pool=pool,
     )
     ens = FoldEnsemble(spec, folds, seed=seed)
-    return save_bundle(ens, out, trained=False)
+    manifest = save_bundle(ens, out, trained=False)
+    if export:
+        from retrieval.export import export_bundle
+
+        manifest["export"] = export_bundle(out, ens)
+    return manifest

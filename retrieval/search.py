@@ -7,9 +7,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from retrieval.bundle import BundleError, load_bundle
-from retrieval.ensemble import fold_scores
-from retrieval.preprocess import file_sha256, load_for_model
+from retrieval.bundle import BundleError
+from retrieval.encoder import fold_scores, load_encoder
+from retrieval.preprocess import file_sha256, load_array
 
 
 @dataclass
@@ -39,16 +39,21 @@ def bound_bundle(gallery) -> dict:
 
 
 class Searcher:
-    """Holds one loaded bundle and one gallery; checks they belong together."""
+    """Holds one query-time encoder (retrieval/encoder.py: ONNX or torch) and one gallery; checks they belong
+    together. `ens` keeps its historical name: it is anything with the `Encoder` interface."""
 
     def __init__(self, ens, gallery):
+        if not hasattr(ens, "backend"):  # a FoldEnsemble itself (training, benchmarks)
+            from retrieval.encoder import TorchEncoder
+
+            ens = TorchEncoder(ens)
         bound_bundle(gallery)
         gallery.check_bundle(ens.fingerprint)
         self.ens, self.gallery = ens, gallery
 
     @classmethod
     def for_gallery(cls, gallery) -> "Searcher":
-        return cls(load_bundle(bound_bundle(gallery)["path"]), gallery)
+        return cls(load_encoder(bound_bundle(gallery)["path"]), gallery)
 
     def encode_text(self, query: str) -> np.ndarray:
         if not query.strip():
@@ -81,7 +86,7 @@ class Searcher:
         if stored:
             vec = np.asarray(stored[0].embedding, dtype=np.float32)
         else:
-            vec, _ = self.ens.encode_images(load_for_model(path, self.ens.spec.image_size, self.ens.mean, self.ens.std)[None])
+            vec, _ = self.ens.encode_images(load_array(path, self.ens.image_size, self.ens.mean, self.ens.std)[None])
             vec = vec[0]
         return self.by_vector(vec, k, classes)
 

@@ -66,6 +66,22 @@ def real_store(entrep_train, tmp_path_factory):
     return home, bundle
 
 
+@pytest.fixture(scope="session")
+def chat_gallery(entrep_train, tmp_path_factory) -> Path:
+    """KGER_HOME with store 'default': an untrained 2-fold bundle (with its ONNX export) over the real images,
+    made by `kger bundle init` and `kger index` in subprocesses, so this process holds no lock on it."""
+    home = tmp_path_factory.mktemp("chat-home")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOOGLE_API_KEY", "KGER_ENCODER")}
+    env.update(KGER_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", ANONYMIZED_TELEMETRY="False",
+               PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
+    kger = [sys.executable, "-c", "from agent.cli import main; main()"]
+    for argv in (["bundle", "init", "--out", str(home / "bundle"), "--folds", "2"],
+                 ["index", str(entrep_train / "imgs"), "--bundle", str(home / "bundle")]):
+        done = subprocess.run(kger + argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    return home
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -142,18 +142,6 @@ def table_rows(screen: str) -> list[dict]:
 # ------------------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="session")
-def chat_gallery(entrep_train, tmp_path_factory) -> Path:
-    """KGER_HOME with store 'default': an untrained 2-fold bundle over the real images (labels from cls.json)."""
-    home = tmp_path_factory.mktemp("chat-home")
-    env = _env(home)
-    for argv in (["bundle", "init", "--out", str(home / "bundle"), "--folds", "2"],
-                 ["index", str(entrep_train / "imgs"), "--bundle", str(home / "bundle")]):
-        done = subprocess.run(KGER + argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-    return home
-
-
 @pytest.fixture(scope="module")
 def conversation(chat_gallery) -> dict:
     """One chat session, typed turn by turn; returns each turn's screen and the exit status."""

@@ -58,6 +58,10 @@ def train(
     cfg = TrainConfig(data=str(data), out=str(out), folds=folds, epochs=epochs, seed=seed, pool=pool,
                       image_backbone=image_backbone, text_backbone=text_backbone, **overrides)
     manifest = main(cfg, console=err_console)
+    from retrieval.export import export_bundle
+
+    with err_console.status("Exporting the query-time towers (ONNX)..."):
+        manifest["export"] = export_bundle(out)
     if json_out:
         print_json(manifest)
     else:
