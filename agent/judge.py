@@ -1,9 +1,11 @@
 """The judge node: merge this turn's tool results into one candidate list and score every candidate."""
 from __future__ import annotations
 
+import inspect
 import time
 
 from langchain_core.messages import AIMessage, ToolMessage
+from langgraph.config import get_stream_writer
 from langgraph.runtime import Runtime
 
 from agent.context import Context
@@ -40,13 +42,31 @@ def merge(lists: list[list[dict]], limit: int) -> list[dict]:
     return ordered
 
 
+def _judge_with_progress(judge, question: str, candidates: list) -> list:
+    """Score the candidates; "judged i/n" goes out on the graph's custom stream (a CLI shows it, serve streams
+    it). Judges that report each verdict take `on_progress`; the others report at the start and the end."""
+    write = get_stream_writer()
+    n = len(candidates)
+
+    def progress(done: int) -> None:
+        write({"stage": "judge", "judged": done, "total": n})
+
+    progress(0)
+    if "on_progress" in inspect.signature(judge.judge).parameters:
+        verdicts = judge.judge(question, candidates, on_progress=progress)
+    else:
+        verdicts = judge.judge(question, candidates)
+    progress(n)
+    return verdicts
+
+
 def judge(state: State, runtime: Runtime[Context]) -> dict:
     ctx = runtime.context
     lists, errors = turn_results(state.messages)
     cands = merge(lists, ctx.pool)
     t0 = time.perf_counter()
     candidates = [Candidate(**{k: c.get(k) for k in Candidate.model_fields if k in c}) for c in cands]
-    verdicts = ctx.judge.judge(state.question, candidates) if candidates else []
+    verdicts = _judge_with_progress(ctx.judge, state.question, candidates) if candidates else []
     if ctx.traces and ctx.run_id:
         ctx.traces.add_event(ctx.run_id, "retrieve", "candidates", {"candidates": cands, "errors": errors})
         ctx.traces.add_event(ctx.run_id, "judge", "verdicts", {

@@ -5,7 +5,7 @@ import typer
 
 from agent.cli import ask, bundle, demo, gallery, train
 from agent.cli import batch
-from agent.cli import chat, trace
+from agent.cli import chat, serve, trace
 from agent.cli.common import KgerGroup
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.add_typer(trace.app, name="trace")
 app.command("batch")(batch.batch)
 app.command("eval")(batch.evaluate)
 app.command("train")(train.train)
+app.command("serve")(serve.serve)
 app.command("demo")(demo.demo)
 
 

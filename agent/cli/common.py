@@ -66,6 +66,15 @@ class KgerGroup(TyperGroup):
             raise typer.Exit(1) from None
 
 
+def kger_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kger")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "0+unknown"
+
+
 def set_home(home: Optional[Path]) -> Path:
     """Make --home the one place every module reads (store.paths.kger_home reads KGER_HOME)."""
     if home is not None:
