@@ -134,7 +134,7 @@ def table_rows(screen: str) -> list[dict]:
     rows = []
     for line in screen.splitlines():
         cells = [c.strip() for c in line.split("│")[1:-1]]
-        if len(cells) >= 7 and cells[0].isdigit():
+        if len(cells) >= 6 and cells[0].isdigit():
             rows.append({"rank": int(cells[0]), "name": cells[1], "class": cells[2]})
     return rows
 

@@ -6,7 +6,9 @@ import typer
 from agent.cli import ask, bundle, demo, gallery, train
 from agent.cli import batch
 from agent.cli import chat, serve, trace
-from agent.cli.common import KgerGroup
+from typing import Annotated, Optional
+
+from agent.cli.common import KgerGroup, kger_version
 
 app = typer.Typer(
     name="kger",
@@ -15,8 +17,25 @@ app = typer.Typer(
     rich_markup_mode="rich",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # an API key in a local variable must never reach the screen
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"kger {kger_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = None,
+) -> None:
+    """Find ENT endoscopy images from a clinical description, and explain the choice.
+
+    Defaults from the environment: KGER_HOME (folder), KGER_STORE (store name), KGER_LLM (offline | gemini).
+    """
 app.add_typer(bundle.app, name="bundle")
 app.command("index")(gallery.index)
 app.command("search")(gallery.search)
@@ -31,4 +50,4 @@ app.command("demo")(demo.demo)
 
 
 def main() -> None:
-    app()
+    app(prog_name="kger")  # the same name in usage lines and completion scripts however kger was started

@@ -1,24 +1,30 @@
 """`kger ask`: one question through the whole agent (plan, retrieve, judge, fuse)."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import sys
+from typing import Annotated, Literal, Optional
 
 import typer
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from agent.cli.common import (
     ChromaUrlOpt, HomeOpt, JsonOpt, KOpt, StoreOpt, err_console, out_console, print_json, set_home,
 )
 
-LlmOpt = Annotated[str, typer.Option("--llm", help="offline (default: nothing leaves this machine) | gemini")]
+LLM_CHOICES = ("offline", "gemini")
+LlmOpt = Annotated[Literal["offline", "gemini"], typer.Option(
+    "--llm", envvar="KGER_LLM",
+    help="offline: nothing leaves this machine; gemini: the judge and planner call Google's API.")]
 
 REMOTE_NOTICE = ("[bold yellow]Gemini selected:[/bold yellow] the description and the candidate images (cropped, "
                  "downscaled, metadata stripped) are sent to Google's API. Use --llm offline to keep everything local.")
 
 
 def check_llm(llm: str) -> str:
-    if llm not in ("offline", "gemini"):
+    if llm not in LLM_CHOICES:
         raise typer.BadParameter(f"--llm must be offline or gemini, not {llm!r}")
     if llm == "gemini":
         import os
@@ -29,11 +35,15 @@ def check_llm(llm: str) -> str:
     return llm
 
 
-def answer_table(answer: dict) -> Table:
+def answer_table(answer: dict, reasons: bool = True) -> Group:
+    """One line per image (long names are cut with an ellipsis, so it reads at 80 columns), then the reasons
+    below it, one numbered paragraph per image (`reasons=False` leaves them out)."""
     t = Table(title=escape(answer.get("question", "")), title_justify="left", show_lines=False)
-    for col, just in (("#", "right"), ("image", "left"), ("class", "left"), ("retrieval", "right"),
-                      ("judge", "right"), ("fused", "right"), ("why", "left")):
-        t.add_column(col, justify=just, overflow="fold")
+    # (header, justify, min, max): 78 columns in all, so only the image name is ever cut (with an ellipsis)
+    for col, just, lo, hi in (("#", "right", 2, 3), ("image", "left", 12, 22), ("class", "left", 10, 16),
+                              ("retrieval", "right", 9, 9), ("judge", "right", 5, 5), ("fused", "right", 5, 5)):
+        t.add_column(col, justify=just, no_wrap=True, overflow="ellipsis", min_width=lo, max_width=hi)
+    whys = []
     for r in answer.get("rows", []):
         cls = r.get("label") or (f"{r['predicted']}? {r['predicted_prob']:.2f}" if r.get("predicted") else "-")
         why = escape(r.get("justification", ""))  # model and user text is never markup
@@ -43,8 +53,16 @@ def answer_table(answer: dict) -> Table:
             why += f" [dim](ranked last: {escape(r['demoted'])})[/dim]"
         judge = "-" if r.get("judge") is None else f"{r['judge']:.2f}"
         t.add_row(str(r["rank"]), escape(r.get("name") or r["id"][:12]), escape(cls), f"{r['retrieval']:.3f}", judge,
-                  f"{r['fused']:.3f}", why)
-    return t
+                  f"{r['fused']:.3f}")
+        whys.append((str(r["rank"]), Text.from_markup(why)))
+    if not reasons or not whys:
+        return Group(t)
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(justify="right", min_width=3)
+    grid.add_column()  # wraps with a hanging indent under the reason, not under the rank
+    for rank, why in whys:
+        grid.add_row(rank, why)
+    return Group(t, Text("why", style="bold"), grid)
 
 
 def open_assistant(store: str, chroma_url: Optional[str], llm: str, k: int, **kw):
@@ -54,8 +72,36 @@ def open_assistant(store: str, chroma_url: Optional[str], llm: str, k: int, **kw
         return Assistant.open(store, url=chroma_url, llm=llm, k=k, **kw)
 
 
+def read_text_arg(text: Optional[str], what: str = "description") -> str:
+    """TEXT, or stdin when TEXT is '-' or missing and stdin is a pipe (`echo ... | kger ask`)."""
+    if text is not None and text != "-":
+        return text
+    if sys.stdin is None or sys.stdin.isatty():
+        raise typer.BadParameter(f"give the {what} as TEXT, or pipe it in (`echo TEXT | kger ask -`)",
+                                 param_hint="TEXT")
+    data = sys.stdin.read().strip()
+    if not data:
+        raise typer.BadParameter(f"the {what} on stdin is empty", param_hint="TEXT")
+    return data
+
+
+class TurnProgress:
+    """The spinner's line while a turn runs: which node finished, then "judged 7/20" from the judge."""
+
+    def __init__(self, status):
+        self.status = status
+
+    def __call__(self, kind: str, payload: dict) -> None:
+        if kind == "progress" and "judged" in payload:
+            self.status.update(f"judged {payload['judged']}/{payload['total']}")
+        elif kind == "node":
+            self.status.update(f"{payload['node']} done ({payload['ms']:.0f} ms)")
+
+
 def ask(
-    text: Annotated[str, typer.Argument(help="A clinical description, e.g. 'right tympanic membrane, central perforation'.")],
+    text: Annotated[Optional[str], typer.Argument(
+        help="A clinical description, e.g. 'right tympanic membrane, central perforation'; '-' or nothing: "
+             "read it from stdin.")] = None,
     llm: LlmOpt = "offline",
     k: KOpt = 5,
     store: StoreOpt = "default",
@@ -66,9 +112,11 @@ def ask(
 ):
     """Find images for a description, judged and fused, with reasons and a run id for [bold]kger trace show[/bold]."""
     set_home(home)
+    text = read_text_arg(text)
     check_llm(llm)
     assistant = open_assistant(store, chroma_url, llm, k)
-    answer = assistant.ask(text, thread_id=thread, kind="ask")
+    with err_console.status("planning...") as status:
+        answer = assistant.ask(text, thread_id=thread, kind="ask", on_event=TurnProgress(status))
     if json_out:
         print_json(answer)
         return

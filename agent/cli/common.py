@@ -19,7 +19,7 @@ HomeOpt = Annotated[
     Optional[Path],
     typer.Option("--home", envvar="KGER_HOME", help="Folder for stores, bundles, traces and caches \\[default: ~/.kger]."),
 ]
-StoreOpt = Annotated[str, typer.Option("--store", help="Name of the image store (gallery) to use.")]
+StoreOpt = Annotated[str, typer.Option("--store", envvar="KGER_STORE", help="Name of the image store (gallery) to use.")]
 ChromaUrlOpt = Annotated[
     Optional[str],
     typer.Option("--chroma-url", envvar="KGER_CHROMA_URL", help="Use a Chroma server (http://HOST:PORT) instead of the embedded store."),
