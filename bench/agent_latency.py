@@ -8,7 +8,6 @@ traces on (SQLite) and an in-memory checkpointer. Prints p50 / p95 and each node
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -21,13 +20,11 @@ import retrieval  # noqa: E402,F401  (first: sets the OpenMP wait policy before 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.bigstore import QUESTIONS, build  # noqa: E402
+from bench.bigstore import QUESTIONS, build, parser  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--folds", type=int, default=10)
-    ap.add_argument("--store-size", type=int, default=10000)
+    ap = parser(__doc__)
     ap.add_argument("--turns", type=int, default=40)
     args = ap.parse_args()
 

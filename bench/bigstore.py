@@ -5,6 +5,7 @@ graph the same work. The gallery is closed on return, so other processes (kger s
 """
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -13,6 +14,14 @@ import numpy as np
 QUESTIONS = ["white discharge in the left ear canal", "right tympanic membrane perforation", "closed vocal cords",
              "left nasal cavity with polyp", "tonsils and uvula", "open glottis during inspiration",
              "R nasal septum deviation", "AS retracted eardrum"]
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The options every large-store benchmark takes."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--folds", type=int, default=10)
+    ap.add_argument("--store-size", type=int, default=10000)
+    return ap
 
 
 def build(home: Path, folds: int = 10, n: int = 10000, export: bool = True):

@@ -9,7 +9,6 @@ peak memory <= 500 MB on the export path.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -22,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.bigstore import build  # noqa: E402
+from bench.bigstore import build, parser  # noqa: E402
 
 KGER = [sys.executable, "-c", "from agent.cli import main; main()"]
 COMMANDS = {"search": ["search", "left ear, tympanic membrane", "--k", "10"],
@@ -42,9 +41,7 @@ def run_once(argv: list[str], env: dict) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--folds", type=int, default=10)
-    ap.add_argument("--store-size", type=int, default=10000)
+    ap = parser(__doc__)
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp())

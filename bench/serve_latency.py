@@ -7,7 +7,6 @@ Builds a 10-fold bundle (with its ONNX export) and a store of `--store-size` vec
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import statistics
@@ -21,15 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.bigstore import QUESTIONS, build  # noqa: E402
+from bench.bigstore import QUESTIONS, build, parser  # noqa: E402
 
 
 def main() -> None:
     import httpx
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--folds", type=int, default=10)
-    ap.add_argument("--store-size", type=int, default=10000)
+    ap = parser(__doc__)
     ap.add_argument("--requests", type=int, default=40)
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp())
