@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.bigstore import build, parser  # noqa: E402
+from bench.bigstore import parser  # noqa: E402
 
 KGER = [sys.executable, "-c", "from agent.cli import main; main()"]
 COMMANDS = {"search": ["search", "left ear, tympanic membrane", "--k", "10"],
@@ -45,7 +45,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp())
-    build(home, args.folds, args.store_size, export=True)
+    # Built in a child: Linux keeps a process's peak RSS across fork+exec, so this process must stay small
+    # or every measured child would report at least its size.
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from bench.bigstore import build; "
+                    "build(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))", str(home), str(args.folds),
+                    str(args.store_size)], cwd=ROOT, check=True)
     base = dict(os.environ, KGER_HOME=str(home), PYTHONPATH=os.pathsep.join(
         filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
     rows = []
@@ -58,7 +62,7 @@ def main() -> None:
             res[backend] = (statistics.median(walls), statistics.median(rss))
         rows.append((name, res))
     print(f"cold start, {args.folds}-fold bundle, {args.store_size} images, median of {args.runs} runs, "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(f"| command | torch wall | export wall | ratio | torch peak MB | export peak MB |")
     print(f"|---|---|---|---|---|---|")
     for name, res in rows:
