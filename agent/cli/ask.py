@@ -35,34 +35,52 @@ def check_llm(llm: str) -> str:
     return llm
 
 
-def answer_table(answer: dict, reasons: bool = True) -> Group:
-    """One line per image (long names are cut with an ellipsis, so it reads at 80 columns), then the reasons
-    below it, one numbered paragraph per image (`reasons=False` leaves them out)."""
-    t = Table(title=escape(answer.get("question", "")), title_justify="left", show_lines=False)
-    # (header, justify, min, max): 78 columns in all, so only the image name is ever cut (with an ellipsis)
-    for col, just, lo, hi in (("#", "right", 2, 3), ("image", "left", 12, 22), ("class", "left", 10, 16),
-                              ("retrieval", "right", 9, 9), ("judge", "right", 5, 5), ("fused", "right", 5, 5)):
-        t.add_column(col, justify=just, no_wrap=True, overflow="ellipsis", min_width=lo, max_width=hi)
-    whys = []
-    for r in answer.get("rows", []):
-        cls = r.get("label") or (f"{r['predicted']}? {r['predicted_prob']:.2f}" if r.get("predicted") else "-")
-        why = escape(r.get("justification", ""))  # model and user text is never markup
-        if r.get("fallback"):
-            why += f" [dim](offline judge: {escape(r['fallback'])})[/dim]"
-        if r.get("demoted"):
-            why += f" [dim](ranked last: {escape(r['demoted'])})[/dim]"
-        judge = "-" if r.get("judge") is None else f"{r['judge']:.2f}"
-        t.add_row(str(r["rank"]), escape(r.get("name") or r["id"][:12]), escape(cls), f"{r['retrieval']:.3f}", judge,
-                  f"{r['fused']:.3f}")
-        whys.append((str(r["rank"]), Text.from_markup(why)))
-    if not reasons or not whys:
-        return Group(t)
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(justify="right", min_width=3)
-    grid.add_column()  # wraps with a hanging indent under the reason, not under the rank
-    for rank, why in whys:
-        grid.add_row(rank, why)
-    return Group(t, Text("why", style="bold"), grid)
+FIXED = (("#", "right", 3), ("class", "left", 16), ("retrieval", "right", 9), ("judge", "right", 5),
+         ("fused", "right", 5))
+FIXED_WIDTH = sum(w for _, _, w in FIXED) + 3 * (len(FIXED) + 1) + 1  # cells + padding + rules
+
+
+class AnswerTable:
+    """One line per image at any width: every column but the image name is fixed, and the name gets what the
+    terminal has left (cut with an ellipsis; 22 characters at 80 columns). The reasons follow below, one
+    numbered paragraph per image (`reasons=False` leaves them out). Built at render time, for the width."""
+
+    def __init__(self, answer: dict, reasons: bool = True):
+        self.answer, self.reasons = answer, reasons
+
+    def __rich_console__(self, console, options):
+        yield self.render(options.max_width)
+
+    def render(self, width: int) -> Group:
+        t = Table(title=escape(self.answer.get("question", "")), title_justify="left", show_lines=False)
+        image_width = max(8, width - FIXED_WIDTH)
+        for col, just, w in FIXED[:1] + (("image", "left", image_width),) + FIXED[1:]:
+            t.add_column(col, justify=just, no_wrap=True, overflow="ellipsis", max_width=w,
+                         min_width=None if col == "image" else w)
+        whys = []
+        for r in self.answer.get("rows", []):
+            cls = r.get("label") or (f"{r['predicted']}? {r['predicted_prob']:.2f}" if r.get("predicted") else "-")
+            why = escape(r.get("justification", ""))  # model and user text is never markup
+            if r.get("fallback"):
+                why += f" [dim](offline judge: {escape(r['fallback'])})[/dim]"
+            if r.get("demoted"):
+                why += f" [dim](ranked last: {escape(r['demoted'])})[/dim]"
+            judge = "-" if r.get("judge") is None else f"{r['judge']:.2f}"
+            t.add_row(str(r["rank"]), escape(r.get("name") or r["id"][:12]), escape(cls), f"{r['retrieval']:.3f}",
+                      judge, f"{r['fused']:.3f}")
+            whys.append((str(r["rank"]), Text.from_markup(why)))
+        if not self.reasons or not whys:
+            return Group(t)
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(justify="right", min_width=3)
+        grid.add_column()  # wraps with a hanging indent under the reason, not under the rank
+        for rank, why in whys:
+            grid.add_row(rank, why)
+        return Group(t, Text("why", style="bold"), grid)
+
+
+def answer_table(answer: dict, reasons: bool = True) -> AnswerTable:
+    return AnswerTable(answer, reasons)
 
 
 def open_assistant(store: str, chroma_url: Optional[str], llm: str, k: int, **kw):
