@@ -35,14 +35,19 @@ class RayUnavailable(ValueError):
 
 
 def start_ray(address: Optional[str], workers: int):
-    """Connect to a cluster at `address`, or start a private local runtime of `workers` CPUs."""
+    """Connect to a cluster at `address`, or start a private local runtime of `workers` CPUs.
+
+    Returns (ray, started): `started` when this call connected, so the caller disconnects (and a local
+    runtime stops) when it is done; a caller already connected keeps its own session."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # before ray is imported: no usage report, ever
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # the C++ core's warnings are not the user's business
+    logging.getLogger("ray").setLevel(logging.ERROR)
     try:
         import ray
     except ImportError:
         raise RayUnavailable("--ray needs Ray: pip install 'kger[scale]'") from None
     if ray.is_initialized():
-        return ray
+        return ray, False
     try:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
@@ -56,7 +61,7 @@ def start_ray(address: Optional[str], workers: int):
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # kger draws its own
     ctx.print_on_execution_start = False
-    return ray
+    return ray, True
 
 
 class _Encoder:
@@ -127,9 +132,19 @@ def index_with_ray(
     videos = [{"id": i, "path": str(p)} for i, p in by_id.items() if p.suffix.lower() in VIDEO_SUFFIXES]
     if videos and frames_dir is None:
         raise ValueError("indexing a video needs a frames folder (frames_dir)")
-    ray = start_ray(address, workers)
-    args = dict(load_model=load_model, open_store=open_store, labels=dict(labels or {}), every=every,
-                frames_dir=str(frames_dir or ""), batch_size=batch_size)
+    ray, started = start_ray(address, workers)
+    try:
+        _run(ray, images, videos, by_id, report, skip, on_progress, dict(
+            load_model=load_model, open_store=open_store, labels=dict(labels or {}), every=every,
+            frames_dir=str(frames_dir or ""), batch_size=batch_size), batch_size, workers)
+    finally:
+        if started:
+            ray.shutdown()
+    log.info("ray: %s", json.dumps({"indexed": report.indexed, "present": report.present}))
+    return report
+
+
+def _run(ray, images, videos, by_id, report, skip, on_progress, args, batch_size, workers) -> None:
     done, total = 0, len(by_id)
     if on_progress:
         on_progress(0, total)
@@ -138,8 +153,8 @@ def index_with_ray(
         if not rows:
             continue
         ds = ray.data.from_items(rows).map_batches(
-            _Encoder, fn_constructor_kwargs=args, batch_size=per_batch, concurrency=max(1, workers), num_cpus=1,
-            batch_format="numpy",
+            _Encoder, fn_constructor_kwargs=args, batch_size=per_batch, num_cpus=1, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
         )
         for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for path, status, reason in zip(out["path"], out["status"], out["reason"]):
@@ -152,5 +167,3 @@ def index_with_ray(
             done = min(total, done + (len(out["path"]) if per_batch > 1 else 1))
             if on_progress:
                 on_progress(done, total)
-    log.info("ray: %s", json.dumps({"indexed": report.indexed, "present": report.present}))
-    return report

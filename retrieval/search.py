@@ -10,6 +10,7 @@ import numpy as np
 from retrieval.bundle import BundleError, load_bundle
 from retrieval.ensemble import fold_scores
 from retrieval.preprocess import file_sha256, load_for_model
+from retrieval.video import display_name
 
 
 @dataclass
@@ -22,13 +23,14 @@ class Result:
     label: Optional[str] = None
     predicted: Optional[str] = None
     predicted_prob: Optional[float] = None
+    display: Optional[str] = None  # a video frame's `exam.mp4 @ 00:01:23` (video.display_name)
 
     @property
     def name(self) -> str:
-        return Path(self.path).name
+        return self.display or Path(self.path).name
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"name": self.name}
+        return {k: v for k, v in asdict(self).items() if k != "display"} | {"name": self.name}
 
 
 def bound_bundle(gallery) -> dict:
@@ -67,7 +69,7 @@ class Searcher:
             out.append(Result(
                 rank=rank, id=h.id, path=m.get("path", ""), score=float(h.score),
                 fold_scores=[round(float(x), 6) for x in fs], label=m.get("label"),
-                predicted=m.get("predicted"), predicted_prob=m.get("predicted_prob"),
+                predicted=m.get("predicted"), predicted_prob=m.get("predicted_prob"), display=display_name(m),
             ))
         return out
 
