@@ -148,7 +148,7 @@ def stores(n: int, nq: int, work: Path, which: set[str]) -> list[dict]:
 def ray_throughput(work: Path, folds: int, workers_list: list[int]) -> list[dict]:
     from PIL import Image, ImageOps
 
-    from retrieval.bundle import load_bundle, save_bundle  # noqa: F401
+    from retrieval.bundle import load_bundle
     from retrieval.ray_index import index_with_ray
     from store.gallery import Gallery
 

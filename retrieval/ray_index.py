@@ -58,6 +58,7 @@ def start_ray(address: Optional[str], workers: int):
             )
     except ConnectionError as e:
         raise RayUnavailable(f"Cannot reach the Ray cluster at {address} ({e})") from None
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset INFO lines between kger's own
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # kger draws its own
     ctx.print_on_execution_start = False
@@ -132,11 +133,26 @@ def index_with_ray(
     videos = [{"id": i, "path": str(p)} for i, p in by_id.items() if p.suffix.lower() in VIDEO_SUFFIXES]
     if videos and frames_dir is None:
         raise ValueError("indexing a video needs a frames folder (frames_dir)")
+    actor_args = dict(load_model=load_model, open_store=open_store, labels=dict(labels or {}), every=every,
+                      frames_dir=str(frames_dir or ""), batch_size=batch_size)
+    done, total = 0, len(by_id)
+    if on_progress:
+        on_progress(0, total)
     ray, started = start_ray(address, workers)
     try:
-        _run(ray, images, videos, by_id, report, skip, on_progress, dict(
-            load_model=load_model, open_store=open_store, labels=dict(labels or {}), every=every,
-            frames_dir=str(frames_dir or ""), batch_size=batch_size), batch_size, workers)
+        # Images in batches of `batch_size`; videos one per batch (one video may be hundreds of frames).
+        for rows, per_batch in ((images, batch_size), (videos, 1)):
+            for out in _stream(ray, rows, per_batch, workers, actor_args):
+                for path, status, reason in zip(out["path"], out["status"], out["reason"]):
+                    if status == "indexed":
+                        report.indexed += 1
+                    elif status == "present":
+                        report.present += 1
+                    else:
+                        skip(path, str(reason))
+                done = min(total, done + (len(out["path"]) if per_batch > 1 else 1))
+                if on_progress:
+                    on_progress(done, total)
     finally:
         if started:
             ray.shutdown()
@@ -144,26 +160,12 @@ def index_with_ray(
     return report
 
 
-def _run(ray, images, videos, by_id, report, skip, on_progress, args, batch_size, workers) -> None:
-    done, total = 0, len(by_id)
-    if on_progress:
-        on_progress(0, total)
-    # Images in batches of `batch_size`; videos one per batch (one video may be hundreds of frames).
-    for rows, per_batch in ((images, batch_size), (videos, 1)):
-        if not rows:
-            continue
-        ds = ray.data.from_items(rows).map_batches(
-            _Encoder, fn_constructor_kwargs=args, batch_size=per_batch, num_cpus=1, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
-        )
-        for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for path, status, reason in zip(out["path"], out["status"], out["reason"]):
-                if status == "indexed":
-                    report.indexed += 1
-                elif status == "present":
-                    report.present += 1
-                else:
-                    skip(path, str(reason))
-            done = min(total, done + (len(out["path"]) if per_batch > 1 else 1))
-            if on_progress:
-                on_progress(done, total)
+def _stream(ray, rows: list[dict], per_batch: int, workers: int, actor_args: dict):
+    """Status batches as the actors finish them (Ray Data streams: the driver never holds the whole output)."""
+    if not rows:
+        return
+    ds = ray.data.from_items(rows).map_batches(
+        _Encoder, fn_constructor_kwargs=actor_args, batch_size=per_batch, num_cpus=1, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
+    )
+    yield from ds.iter_batches(batch_size=None, batch_format="numpy")
