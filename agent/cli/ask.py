@@ -8,8 +8,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from agent.cli.common import (
-    ChromaUrlOpt, HomeOpt, JsonOpt, KOpt, LlmOpt, StoreOpt, check_llm, open_assistant, out_console, print_json,
-    set_home,
+    ChromaUrlOpt, HomeOpt, JsonOpt, KOpt, LlmOpt, StoreOpt, StrictOpt, check_llm, err_console, open_assistant,
+    out_console, print_json, set_home,
 )
 
 if TYPE_CHECKING:
@@ -34,6 +34,16 @@ def answer_table(answer: Answer) -> Table:
     return t
 
 
+def report_fallbacks(answer: Answer, strict: bool) -> None:
+    """--strict: FallbackError (one line, exit 1) if anything stood in for the LLM; else a note per fallback."""
+    from agent.assistant import require_no_fallback
+
+    if strict:
+        require_no_fallback(answer)
+    for note in answer.fallbacks:
+        err_console.print(f"[yellow]fallback[/yellow] {escape(note)}")
+
+
 def ask(
     text: Annotated[str, typer.Argument(help="A clinical description, e.g. 'right tympanic membrane, central perforation'.")],
     llm: LlmOpt = "offline",
@@ -43,12 +53,14 @@ def ask(
     chroma_url: ChromaUrlOpt = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
+    strict: StrictOpt = False,
 ):
     """Find images for a description, judged and fused, with reasons and a run id for [bold]kger trace show[/bold]."""
     set_home(home)
     check_llm(llm)
     assistant = open_assistant(store, chroma_url, llm, k)
     answer = assistant.ask(text, thread_id=thread, kind="ask")
+    report_fallbacks(answer, strict)
     if json_out:
         print_json(answer.model_dump())
         return
