@@ -50,7 +50,7 @@ class GeminiPlanner:
         self.chat = session.chat().bind_tools(TOOLS)
 
     def invoke(self, messages):
-        return self.session.invoke(self.chat, messages)
+        return self.session.invoke(self.chat, messages, kind="planner")
 
 
 def make_planner_and_judge(llm: str, settings=None, judge_concurrency: int = 4):

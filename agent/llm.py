@@ -264,16 +264,17 @@ class GeminiCircuit:
     """Whether Gemini may still be called in this run or batch; shared by its planner and judge.
 
     The first error no retry can fix (`fatal_reason`) opens it: every later call fails at once with that
-    reason, sending nothing, and the offline planner and judge stand in. Until a first call has succeeded,
-    calls go one at a time (the judge's worker threads wait their turn), so a bad key costs one request rather
-    than one per worker; after that they run concurrently.
+    reason, sending nothing, and the offline planner and judge stand in. Until a first call of a kind (the
+    planner's, the judge's: different payloads, so one succeeding proves little for the other) has
+    succeeded, calls of that kind go one at a time (the judge's worker threads wait their turn), so a bad key
+    or a rejected request costs one request rather than one per worker; after that they run concurrently.
     """
 
     OFF = "Gemini off for this run: "
 
     def __init__(self) -> None:
         self.reason: Optional[str] = None
-        self._proven = False
+        self._proven: set[str] = set()
         self._probe = threading.Lock()
 
     @property
@@ -284,13 +285,13 @@ class GeminiCircuit:
         if self.reason is not None:
             raise GeminiCallError(self.reason, 0)
 
-    def call(self, fn: Callable[[], T]) -> T:
+    def call(self, fn: Callable[[], T], kind: str = "call") -> T:
         """`fn()` unless the circuit is open; opens it when `fn` fails fatally."""
-        if not self._proven:
+        if kind not in self._proven:
             with self._probe:
-                if not self._proven:
+                if kind not in self._proven:
                     result = self._guarded(fn)
-                    self._proven = True
+                    self._proven.add(kind)
                     return result
         return self._guarded(fn)
 
@@ -321,12 +322,13 @@ class GeminiSession:
     def chat(self, **kw: Any) -> "ChatGoogleGenerativeAI":
         return make_gemini_chat(self.settings, rate_limiter=self.limiter, **kw)
 
-    def invoke(self, chat: Any, messages: Sequence["BaseMessage"], **kw: Any) -> "AIMessage":
-        return invoke_with_retries(chat, messages, self.settings, circuit=self.circuit, **kw)
+    def invoke(self, chat: Any, messages: Sequence["BaseMessage"], kind: str = "call", **kw: Any) -> "AIMessage":
+        """One call with kger's retries, through the circuit; `kind` ('planner', 'judge') names the payload."""
+        return invoke_with_retries(chat, messages, self.settings, circuit=self.circuit, kind=kind, **kw)
 
 
 def invoke_with_retries(chat: Any, messages: Sequence["BaseMessage"], settings: GeminiSettings,
-                        circuit: Optional[GeminiCircuit] = None, **kw: Any) -> "AIMessage":
+                        circuit: Optional[GeminiCircuit] = None, kind: str = "call", **kw: Any) -> "AIMessage":
     """`chat.invoke(messages, **kw)` with our retry policy, through `circuit` when given; raises
     `GeminiCallError` when it gives up."""
     attempts = 0
@@ -336,7 +338,7 @@ def invoke_with_retries(chat: Any, messages: Sequence["BaseMessage"], settings: 
         attempts += 1
         if circuit is None:
             return chat.invoke(list(messages), **kw)
-        return circuit.call(lambda: chat.invoke(list(messages), **kw))
+        return circuit.call(lambda: chat.invoke(list(messages), **kw), kind)
 
     def note_retry(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None

@@ -41,7 +41,7 @@ def report_fallbacks(answer: Answer, strict: bool) -> None:
     if strict:
         require_no_fallback(answer)
     for note in answer.fallbacks:
-        err_console.print(f"[yellow]fallback[/yellow] {escape(note)}")
+        err_console.print(f"[yellow]fallback[/yellow] {escape(note)}", soft_wrap=True)
 
 
 def ask(

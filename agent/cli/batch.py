@@ -247,7 +247,7 @@ def batch(
             if path:
                 out_console.print(f"{what}: {path}")
     for note, n in list(fallback_reasons.items())[:SHOWN]:
-        err_console.print(f"[yellow]fallback[/yellow] in {n} queries: {escape(note)}")
+        err_console.print(f"[yellow]fallback[/yellow] in {n} queries: {escape(note)}", soft_wrap=True)
     if interrupted:
         err_console.print(f"Interrupted: rerun the same command to finish ({out} keeps every finished query).")
         raise typer.Exit(130)

@@ -273,7 +273,7 @@ class GeminiJudge:
         ])
         raw = None
         try:
-            reply = self.session.invoke(chat, [message], response_mime_type="application/json",
+            reply = self.session.invoke(chat, [message], kind="judge", response_mime_type="application/json",
                                         response_json_schema=RESPONSE_SCHEMA)
             raw = _answer_text(reply)
             finish = (getattr(reply, "response_metadata", None) or {}).get("finish_reason")
