@@ -101,7 +101,8 @@ def test_ask_stops_calling_gemini_after_a_fatal_error_and_says_why(home, monkeyp
     assert strict.exit_code == 1, strict.output
     lines = strict.stderr.strip().splitlines()  # the remote notice, then the error
     line = lines[-1]
-    assert sum(x.startswith("Error") for x in lines) == 1 and line.startswith("Error: --strict: planner: offline (") and why in line
+    assert sum(x.startswith("Error") for x in lines) == 1
+    assert line.startswith("Error: --strict: planner: offline (") and why in line
     assert strict.stdout == ""
     assert_no_key_written(home, r.output, r.stderr, strict.output, strict.stderr,
                           *(rec.getMessage() for rec in caplog.records))

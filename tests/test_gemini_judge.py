@@ -346,6 +346,25 @@ def test_settings_from_env(monkeypatch):
     assert gemini_settings_from_env({}).api_key is None
 
 
+def test_thinking_level_defaults_low_and_is_configurable(gemini_env, image, monkeypatch):
+    """langchain-google-genai 4.x takes `thinking_level` (thinking_budget is Gemini 2.5's); a judge call per
+    candidate makes a low level the default, KGER_GEMINI_THINKING changes it, 'none' leaves the model's own."""
+    sent = []
+    for level in (None, "high", "none"):
+        if level is None:
+            monkeypatch.delenv("KGER_GEMINI_THINKING", raising=False)
+        else:
+            monkeypatch.setenv("KGER_GEMINI_THINKING", level)
+        with GeminiStub([text_reply(GOOD)]) as stub:
+            gemini_env(stub, cache=False).judge("right ear", candidates_for([image]))
+        config = stub.requests[0].body["generationConfig"].get("thinkingConfig") or {}
+        sent.append(config.get("thinkingLevel") or config.get("thinking_level"))
+    assert sent == ["LOW", "HIGH", None]
+    monkeypatch.setenv("KGER_GEMINI_THINKING", "lots")
+    with pytest.raises(ValueError, match="KGER_GEMINI_THINKING must be one of minimal, low, medium, high or none"):
+        gemini_settings_from_env()
+
+
 def test_server_retry_hint_is_read():
     from google.genai import errors
 
