@@ -77,16 +77,6 @@ def setup_readline() -> Optional[Callable[[], None]]:
     return save
 
 
-def _markup_safe(answer: Answer) -> Answer:
-    """The answer with its free text escaped for rich markup: a description or an LLM's justification may
-    hold brackets ('[/x]' would even raise), and answer_table renders them as markup."""
-    from rich.markup import escape
-
-    rows = [r.model_copy(update={k: escape(v) for k in ("justification", "fallback", "demoted")
-                                 if isinstance(v := getattr(r, k), str)}) for r in answer.rows]
-    return answer.model_copy(update={"question": escape(answer.question), "rows": rows})
-
-
 class ChatSession:
     """The state of one conversation: the assistant, the thread, the last answer; `handle` is one input line."""
 
@@ -140,7 +130,7 @@ class ChatSession:
 
     def print_answer(self, answer: Answer) -> None:
         if answer.rows:
-            self.console.print(answer_table(_markup_safe(answer)))
+            self.console.print(answer_table(answer))  # it escapes every free text itself
             self.print_thumbnails(answer)
         else:
             self.console.print(Text(f"No image found for {answer.question!r}."))
