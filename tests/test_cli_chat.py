@@ -34,7 +34,8 @@ pytestmark = pytest.mark.slow
 
 
 def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR", "GOOGLE_API_KEY")}
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR", "GOOGLE_API_KEY",
+                                                               "GEMINI_API_KEY", "KGER_STRICT")}
     env.update(KGER_HOME=str(home), TERM="xterm-256color", COLORTERM="truecolor", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", ANONYMIZED_TELEMETRY="False", PYTHONUNBUFFERED="1")
     return env
