@@ -12,6 +12,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from agent.cli.render import data, line, plural
 from retrieval.errors import InputError
 
 out_console = Console(highlight=False)
@@ -37,6 +38,7 @@ REMOTE_NOTICE = ("[bold yellow]Gemini selected:[/bold yellow] the description an
                  "downscaled, metadata stripped) are sent to Google's API. Use --llm offline to keep everything local.")
 NO_KEY_NOTICE = "GOOGLE_API_KEY is not set: the planner and judge fall back to offline."
 SHOWN = 20  # entries listed on stderr before "... and N more"; --json lists all
+ERROR_CHARS = 1000  # an error line that quotes a pasted document is cut on screen
 
 
 class BatchError(InputError):
@@ -75,7 +77,7 @@ class KgerGroup(TyperGroup):
             msg = msg.splitlines()[0] if msg else type(e).__name__
             if getattr(e, "path", None) and str(e.path) not in msg:  # ImageLoadError keeps the path apart
                 msg = f"{e.path}: {msg}"
-            err_console.print(f"Error: {msg}", markup=False, soft_wrap=True)
+            err_console.print(data(f"Error: {msg}", limit=ERROR_CHARS), soft_wrap=True)
             raise typer.Exit(1) from None
 
 
@@ -140,6 +142,6 @@ def open_assistant(store: str, chroma_url: Optional[str], llm: str, k: int, *, p
 def report_skipped(what: str, skipped, unit: str) -> None:
     """Bad entries of an input file on stderr, the first SHOWN of them."""
     for s in skipped[:SHOWN]:
-        err_console.print(f"[yellow]{what} {unit} {s.line}[/yellow]: {s.reason}, skipped")
+        err_console.print(line(f"[yellow]{what} {unit} {s.line}[/yellow]: ", data(s.reason), ", skipped"))
     if len(skipped) > SHOWN:
-        err_console.print(f"... and {len(skipped) - SHOWN} more {what} {unit}s skipped (all listed in --json)")
+        err_console.print(f"... and {plural(len(skipped) - SHOWN, f'more {what} {unit}')} skipped (all listed in --json)")
