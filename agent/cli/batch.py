@@ -162,7 +162,12 @@ def batch(
     """
     set_home(home)
     check_llm(llm)
+    from agent.cli.checks import out_file
     from agent.cli.queries import read_queries
+
+    for path, flag in ((out, "--out"), (submission_path, "--submission"), (report, "--report")):
+        if path is not None:
+            out_file(path, flag)
 
     parsed = read_queries(queries)
     report_skipped("queries", parsed.skipped, parsed.unit)

@@ -83,11 +83,13 @@ class KgerGroup(TyperGroup):
 
 def set_home(home: Optional[Path]) -> Path:
     """Make --home the one place every module reads (store.paths.kger_home reads KGER_HOME)."""
+    from agent.cli.checks import home_dir
+
     if home is not None:
-        os.environ["KGER_HOME"] = str(Path(home).expanduser().resolve())
+        os.environ["KGER_HOME"] = str(home_dir(Path(home).expanduser()).resolve())
     from store.paths import kger_home
 
-    return kger_home()
+    return home_dir(kger_home(), "--home" if home is not None else "KGER_HOME (or ~/.kger)")
 
 
 def open_gallery(store: str, url: Optional[str], create: bool = False):

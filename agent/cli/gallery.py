@@ -49,8 +49,9 @@ def index(
     from retrieval.indexer import index_images
     from retrieval.labels import read_labels
 
-    if not images.exists():
-        raise FileNotFoundError(f"no such image folder or file: {images}")
+    from agent.cli.checks import images_path
+
+    images_path(images)
     if no_labels and labels:
         raise typer.BadParameter("--labels and --no-labels exclude each other")
     labels = None if no_labels else (labels or _default_labels(images))
@@ -106,14 +107,15 @@ def search(
     set_home(home)
     if (text is None) == (image is None):
         raise typer.BadParameter("give either TEXT or --image PATH")
+    from agent.cli.checks import image_file
     from retrieval.candidate import TOOL_FIELDS
     from retrieval.search import Searcher
 
+    if image is not None:
+        image_file(image)
     gallery = open_gallery(store, chroma_url)
     with err_console.status("Loading bundle..."):
         searcher = Searcher.for_gallery(gallery)
-    if image is not None and not image.is_file():
-        raise FileNotFoundError(f"no such image: {image}")
     results = searcher.image(image, k=k) if image is not None else searcher.text(text, k=k)
     if json_out:
         print_json({"query": text, "image": str(image) if image else None, "store": store,

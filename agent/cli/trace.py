@@ -333,6 +333,10 @@ def export(
     set_home(home)
     if fmt not in ("json", "html"):
         raise typer.BadParameter(f"--format must be json or html, not {fmt!r}")
+    if out is not None:
+        from agent.cli.checks import out_file
+
+        out_file(out, "--out")
     run = load_run(run_id)
     if fmt == "json":
         text = json.dumps(run, indent=2, ensure_ascii=False, default=str) + "\n"
