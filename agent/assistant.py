@@ -7,7 +7,6 @@ records each node's update as the graph streams it, with the node's time measure
 """
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -112,16 +111,10 @@ class Assistant:
 
         searcher = Searcher.for_gallery(Gallery.open(store, url=url))
         traces = checkpointer = None
-        if persist:
-            from langgraph.checkpoint.sqlite import SqliteSaver
+        if persist:  # damaged files are moved aside, a read-only home answers unrecorded (agent/persist.py)
+            from agent.persist import open_records
 
-            from store.paths import checkpoints_db_path, traces_db_path
-            from store.traces import TraceDB
-
-            traces = TraceDB(traces_db_path())
-            path = checkpoints_db_path()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            checkpointer = SqliteSaver(sqlite3.connect(str(path), check_same_thread=False), serde=serializer())
+            traces, checkpointer = open_records()
         return cls(searcher=searcher, llm=llm, k=k, pool=max(pool, k), traces=traces, checkpointer=checkpointer,
                    store_name=store, **kw)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -53,6 +54,21 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (KgerError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
+class _NoticeHandler(logging.Handler):
+    """kger's own notices about its state (a damaged file moved aside, a read-only home): one yellow line on
+    stderr, as data (a path may hold brackets)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(data(record.getMessage(), style="yellow", limit=ERROR_CHARS), soft_wrap=True)
+
+
+def show_notices() -> None:
+    notices = logging.getLogger("kger.store")
+    if not any(isinstance(h, _NoticeHandler) for h in notices.handlers):
+        notices.addHandler(_NoticeHandler(logging.WARNING))
+        notices.propagate = False
+
+
 class KgerGroup(TyperGroup):
     """Applies the exception-to-message table once, for every command (and for CliRunner in tests)."""
 
@@ -60,6 +76,7 @@ class KgerGroup(TyperGroup):
         """A user error is one line on stderr and exit code 1, never a traceback (KGER_DEBUG=1 shows it)."""
         from agent import privacy
 
+        show_notices()
         notice = privacy.enforce()
         if notice:
             err_console.print(notice, markup=False)
