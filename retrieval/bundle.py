@@ -209,7 +209,8 @@ def read_manifest(path: str | Path) -> dict:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         what = "is missing" if err["type"] == "missing" else f"is invalid: {err['msg']}"
-        raise BundleError(f"{mf}: {'field ' + repr(where) + ' ' + what if where else err['msg'].removeprefix('Value error, ')}") from None
+        why = f"field {where!r} {what}" if where else err["msg"].removeprefix("Value error, ")
+        raise BundleError(f"{mf}: {why}") from None
     return manifest
 
 
