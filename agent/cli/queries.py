@@ -77,7 +77,7 @@ def _read_text(path: Path) -> str:
             if encoding == "utf-8":
                 return data[len(bom):].decode("utf-8", errors="surrogateescape")
             try:
-                return data[len(bom):].decode(encoding)
+                return data.decode(encoding)  # these codecs read the byte order from the BOM, and drop it
             except UnicodeDecodeError as e:
                 raise InputError(f"{path} starts like {encoding.upper()} but is not valid {encoding.upper()} "
                                  f"(byte {e.start}): save it as UTF-8") from None
