@@ -88,7 +88,7 @@ def test_row5_markup_and_links_are_shown_not_applied(real_store):
     from agent.cli.render import data
 
     term.print(results_table([], data(f"Top 0 for {LINK!r}")))
-    styled = term.export_text(styles=True)
+    styled = term.export_text(styles=True, clear=False)
     assert "".join(LINK.split()) in "".join(term.export_text().split())  # (the empty table wraps its title)
     assert "\x1b]8;" not in styled and "\x1b[1;31m" not in styled  # no hyperlink, no bold red
     r = kger("search", LINK, "--k", "1", home=home)
