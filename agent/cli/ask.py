@@ -54,4 +54,5 @@ def ask(
         print_json(answer.model_dump())
         return
     out_console.print(answer_table(answer))
-    out_console.print(f"run {answer.run_id}  (kger trace show {answer.run_id[:12]})")
+    traced = f"  (kger trace show {answer.run_id[:12]})" if assistant.traces is not None else "  (not recorded)"
+    out_console.print(f"run {answer.run_id}{traced}")
