@@ -85,9 +85,9 @@ def test_row5_markup_and_links_are_shown_not_applied(real_store):
     home, _ = real_store
     term = Console(force_terminal=True, width=250, record=True)
     from agent.cli.gallery import results_table
-    from agent.cli.render import data
+    from agent.cli.render import literal
 
-    term.print(results_table([], data(f"Top 0 for {LINK!r}")))
+    term.print(results_table([], literal(f"Top 0 for {LINK!r}")))
     styled = term.export_text(styles=True, clear=False)
     assert "".join(LINK.split()) in "".join(term.export_text().split())  # (the empty table wraps its title)
     assert "\x1b]8;" not in styled and "\x1b[1;31m" not in styled  # no hyperlink, no bold red
@@ -117,10 +117,10 @@ def test_row16_chat_shows_the_description_once_unescaped(word_searcher):
 
 
 def test_control_characters_never_reach_the_terminal():
-    from agent.cli.render import clean, data
+    from agent.cli.render import clean, literal
 
     assert clean("a\x1b[31mred\x07") == "a\\x1b[31mred\\x07"
-    assert "\x1b" not in data("\x1b]8;;http://x\x1b\\y").plain
+    assert "\x1b" not in literal("\x1b]8;;http://x\x1b\\y").plain
     assert clean("x" * 400).endswith("(100 more characters)")
 
 

@@ -45,13 +45,13 @@ def render(*renderables) -> str:
 @settings(max_examples=200, deadline=None)
 @given(hostile)
 def test_data_renders_anything_and_keeps_plain_text(text):
-    from agent.cli.render import SCREEN_CHARS, clean, data, line
+    from agent.cli.render import SCREEN_CHARS, clean, line, literal
 
-    out = render(data(text), line("[bold]kger[/bold] ", data(text)))
+    out = render(literal(text), line("[bold]kger[/bold] ", literal(text)))
     assert "\x1b]8;" not in out  # no hyperlink escape from the data
     shown = clean(text)
     if shown == text and len(text) <= SCREEN_CHARS:
-        assert data(text).plain == text
+        assert literal(text).plain == text
     assert not any(ord(c) < 32 and c not in "\n\t" for c in shown)
 
 

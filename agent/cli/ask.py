@@ -10,27 +10,27 @@ from agent.cli.common import (
     ChromaUrlOpt, HomeOpt, JsonOpt, KOpt, LlmOpt, StoreOpt, check_llm, open_assistant, out_console, print_json,
     set_home,
 )
-from agent.cli.render import data, line
+from agent.cli.render import line, literal
 
 if TYPE_CHECKING:
     from agent.state import Answer
 
 
 def answer_table(answer: Answer) -> Table:
-    """The answer as a table; every user and model text goes through `data` (shown as written, never markup)."""
-    t = Table(title=data(answer.question), title_justify="left", show_lines=False)
+    """The answer as a table; every user and model text goes through `literal` (shown as written, never markup)."""
+    t = Table(title=literal(answer.question), title_justify="left", show_lines=False)
     for col, just in (("#", "right"), ("image", "left"), ("class", "left"), ("retrieval", "right"),
                       ("judge", "right"), ("fused", "right"), ("why", "left")):
         t.add_column(col, justify=just, overflow="fold")
     for r in answer.rows:
         cls = r.label or (f"{r.predicted}? {r.predicted_prob:.2f}" if r.predicted else "-")
-        why = line(data(r.justification))
+        why = line(literal(r.justification))
         if r.fallback:
-            why = line(why, " ", data(f"(offline judge: {r.fallback})", style="dim"))
+            why = line(why, " ", literal(f"(offline judge: {r.fallback})", style="dim"))
         if r.demoted:
-            why = line(why, " ", data(f"(ranked last: {r.demoted})", style="dim"))
+            why = line(why, " ", literal(f"(ranked last: {r.demoted})", style="dim"))
         judge = "-" if r.judge is None else f"{r.judge:.2f}"
-        t.add_row(str(r.rank), data(r.name or r.id[:12]), data(cls), f"{r.retrieval:.3f}", judge,
+        t.add_row(str(r.rank), literal(r.name or r.id[:12]), literal(cls), f"{r.retrieval:.3f}", judge,
                   f"{r.fused:.3f}", why)
     return t
 

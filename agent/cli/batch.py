@@ -12,7 +12,7 @@ from agent.cli.common import (
     BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, PoolOpt, StoreOpt, check_llm, err_console,
     open_assistant, out_console, print_json, progress, report_skipped, set_home,
 )
-from agent.cli.render import data, line, plural
+from agent.cli.render import line, literal, plural
 from retrieval.errors import InputError
 
 if TYPE_CHECKING:
@@ -177,16 +177,16 @@ def batch(
     writer = ResultsWriter(out)
     try:
         if writer.repaired:
-            err_console.print(line(data(out, style="yellow"), ": dropped an incomplete last line (an interrupted write)"))
+            err_console.print(line(literal(out, style="yellow"), ": dropped an incomplete last line (an interrupted write)"))
         previous, bad_out = read_results(out)
         for n, why in bad_out:
-            err_console.print(line(data(f"{out} line {n}", style="yellow"), ": ", data(why), ", ignored"))
+            err_console.print(line(literal(f"{out} line {n}", style="yellow"), ": ", literal(why), ", ignored"))
         done = {q for q, d in previous.items() if not d.get("error")}
         todo = [q for q in parsed.items if q.text not in done]
         skipped = len(parsed.items) - len(todo)
         other = {d.get("llm") for q, d in previous.items() if q in done} - {llm}
         if skipped and other:
-            err_console.print(line("[yellow]note:[/yellow] ", data(
+            err_console.print(line("[yellow]note:[/yellow] ", literal(
                 f"{out} already holds answers made with --llm {', '.join(sorted(map(str, other)))}; "
                 "they are kept, not redone")))
         if todo:
@@ -200,7 +200,7 @@ def batch(
                         doc = error_line(q, e, llm, store, k)
                         stats["failed"] += 1
                         failures.append({"query": q.text, "line": q.line, "error": doc["error"]})
-                        err_console.print(line("[red]failed[/red] ", data(f"{parsed.unit} {q.line}: {doc['error']}")))
+                        err_console.print(line("[red]failed[/red] ", literal(f"{parsed.unit} {q.line}: {doc['error']}")))
                     else:
                         stats["done"] += 1
                         fb = sum(1 for r in doc["rows"] if r.get("fallback"))
@@ -235,16 +235,16 @@ def batch(
     if json_out:
         print_json(summary)
     else:
-        out_console.print(data(
+        out_console.print(literal(
             f"{stats['done']} answered, {skipped} already in {out}, {stats['failed']} failed, "
             f"{plural(len(parsed.skipped), 'bad ' + parsed.unit)} skipped; judge fallbacks in {stats['fallback_rows']} rows "
             f"({stats['fallback_queries']} queries), {stats['cache_hits']} cached verdicts."))
         for path, what in ((submission_path, "submission"), (report, "report")):
             if path:
-                out_console.print(data(f"{what}: {path}", limit=None))
+                out_console.print(literal(f"{what}: {path}", limit=None))
     if interrupted:
-        err_console.print(data(f"Interrupted: rerun the same command to finish ({out} keeps every finished query)."))
+        err_console.print(literal(f"Interrupted: rerun the same command to finish ({out} keeps every finished query)."))
         raise typer.Exit(130)
     if stats["failed"]:
-        err_console.print(data(f"Error: {stats['failed']} queries failed (their lines in {out} say why); rerun to retry them"))
+        err_console.print(literal(f"Error: {stats['failed']} queries failed (their lines in {out} say why); rerun to retry them"))
         raise typer.Exit(1)

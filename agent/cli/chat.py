@@ -20,7 +20,7 @@ from agent.cli.common import (
     NO_KEY_NOTICE, REMOTE_NOTICE, ChromaUrlOpt, HomeOpt, KOpt, LlmOpt, StoreOpt, check_llm, err_console,
     open_assistant, out_console, set_home,
 )
-from agent.cli.render import data, line
+from agent.cli.render import line, literal
 
 if TYPE_CHECKING:
     from agent.state import Answer
@@ -71,7 +71,7 @@ def setup_readline() -> Optional[Callable[[], None]]:
             path.parent.mkdir(parents=True, exist_ok=True)
             readline.write_history_file(str(path))
         except OSError as e:
-            err_console.print(data(f"could not save the chat history to {path}: {e}", style="dim"))
+            err_console.print(literal(f"could not save the chat history to {path}: {e}", style="dim"))
 
     return save
 
@@ -109,7 +109,7 @@ class ChatSession:
         return True
 
     def hint(self, message: str) -> None:
-        self.err.print(data(message, style="yellow", newlines=False))  # it may quote the user's input
+        self.err.print(literal(message, style="yellow", newlines=False))  # it may quote the user's input
 
     # -- turns through the graph ---------------------------------------------------------------
     def ask(self, text: str) -> None:
@@ -123,7 +123,7 @@ class ChatSession:
             self.console.print(answer_table(answer))
             self.print_thumbnails(answer)
         else:
-            self.console.print(line("No image found for ", data(repr(answer.question)), "."))
+            self.console.print(line("No image found for ", literal(repr(answer.question)), "."))
             for error in self._tool_errors(answer.run_id):
                 self.hint(error.splitlines()[0] if error.strip() else error)
         self.console.print(f"run {answer.run_id}  [dim](why is 1 first? /trace, /open N)[/dim]")
@@ -212,7 +212,7 @@ class ChatSession:
             if not arg.isdigit() or not 1 <= int(arg) <= len(rows):
                 self.hint(f"Usage: /open N, with N from 1 to {len(rows)}." if rows else "The last answer has no image.")
             else:
-                self.console.print(data(rows[int(arg) - 1].path, limit=None), soft_wrap=True)
+                self.console.print(literal(rows[int(arg) - 1].path, limit=None), soft_wrap=True)
         else:
             self.hint(f"Unknown command /{name}; type /help for the list.")
         return True
@@ -255,7 +255,7 @@ class ChatSession:
                 if os.environ.get("KGER_DEBUG"):
                     raise
                 msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-                self.err.print(data(f"error: {(msg.splitlines() or [type(e).__name__])[0]}", style="red"))
+                self.err.print(literal(f"error: {(msg.splitlines() or [type(e).__name__])[0]}", style="red"))
 
 
 def chat(
@@ -271,7 +271,7 @@ def chat(
     assistant = open_assistant(store, chroma_url, llm, k)
     session = ChatSession(assistant, announced_remote=llm == "gemini")
     save_history = setup_readline()
-    err_console.print(data(f"kger chat: store '{store}', llm {llm}, k {k}. Describe what you look for; /help for "
+    err_console.print(literal(f"kger chat: store '{store}', llm {llm}, k {k}. Describe what you look for; /help for "
                            "more, Ctrl-D to quit."))
     try:
         session.loop()

@@ -13,7 +13,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from agent.cli.render import data, line, plural
+from agent.cli.render import line, literal, plural
 from retrieval.errors import InputError
 
 out_console = Console(highlight=False)
@@ -59,7 +59,7 @@ class _NoticeHandler(logging.Handler):
     stderr, as data (a path may hold brackets)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        err_console.print(data(record.getMessage(), style="yellow", limit=ERROR_CHARS), soft_wrap=True)
+        err_console.print(literal(record.getMessage(), style="yellow", limit=ERROR_CHARS), soft_wrap=True)
 
 
 def show_notices() -> None:
@@ -94,7 +94,7 @@ class KgerGroup(TyperGroup):
             msg = msg.splitlines()[0] if msg else type(e).__name__
             if getattr(e, "path", None) and str(e.path) not in msg:  # ImageLoadError keeps the path apart
                 msg = f"{e.path}: {msg}"
-            err_console.print(data(f"Error: {msg}", limit=ERROR_CHARS), soft_wrap=True)
+            err_console.print(literal(f"Error: {msg}", limit=ERROR_CHARS), soft_wrap=True)
             raise typer.Exit(1) from None
 
 
@@ -161,6 +161,6 @@ def open_assistant(store: str, chroma_url: Optional[str], llm: str, k: int, *, p
 def report_skipped(what: str, skipped, unit: str) -> None:
     """Bad entries of an input file on stderr, the first SHOWN of them."""
     for s in skipped[:SHOWN]:
-        err_console.print(line(f"[yellow]{what} {unit} {s.line}[/yellow]: ", data(s.reason), ", skipped"))
+        err_console.print(line(f"[yellow]{what} {unit} {s.line}[/yellow]: ", literal(s.reason), ", skipped"))
     if len(skipped) > SHOWN:
         err_console.print(f"... and {plural(len(skipped) - SHOWN, f'more {what} {unit}')} skipped (all listed in --json)")

@@ -12,7 +12,7 @@ from agent.cli.common import (
     SHOWN, BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, StoreOpt, check_llm, err_console,
     open_assistant, out_console, print_json, progress, report_skipped, set_home,
 )
-from agent.cli.render import data, line, plural
+from agent.cli.render import line, literal, plural
 
 
 def _pct(x: float) -> str:
@@ -104,7 +104,7 @@ def evaluate(
     records_meta = assistant.searcher.gallery.all_metadata()
     resolved, excluded = ev.resolve_truth(parsed.items, records_meta, label_map)
     for x in excluded[:SHOWN]:
-        err_console.print(line("[yellow]excluded[/yellow] ", data(f"{parsed.unit} {x['line']} {x['query']!r}: {x['reason']}")))
+        err_console.print(line("[yellow]excluded[/yellow] ", literal(f"{parsed.unit} {x['line']} {x['query']!r}: {x['reason']}")))
     if len(excluded) > SHOWN:
         err_console.print(f"... and {len(excluded) - SHOWN} more excluded (all listed in --json)")
     if not resolved:
@@ -121,7 +121,7 @@ def evaluate(
                 ensemble = [r.id for r in assistant.searcher.text(truth.query, k=k)]
             except Exception as e:
                 failed.append({"query": truth.query, "error": f"{type(e).__name__}: {e}"})
-                err_console.print(line("[red]failed[/red] ", data(f"{truth.query!r}: {type(e).__name__}: {e}")))
+                err_console.print(line("[red]failed[/red] ", literal(f"{truth.query!r}: {type(e).__name__}: {e}")))
             else:
                 records.append(ev.EvalRecord(truth.query, relevant, ev.stage_rankings(answer, ensemble),
                                              answer.rows, answer.run_id))
@@ -146,7 +146,7 @@ def evaluate(
     if json_out:
         print_json(doc)
         return
-    out_console.print(metrics_table(metrics, deltas, data(f"{gt.name}: {len(records)} queries, store '{store}', "
+    out_console.print(metrics_table(metrics, deltas, literal(f"{gt.name}: {len(records)} queries, store '{store}', "
                                                           f"--llm {llm}, {k} candidates")))
     out_console.print(f"{len(excluded)} queries excluded (relevant images not in the store), {len(failed)} failed, "
                       f"{plural(len(parsed.skipped), 'bad ' + parsed.unit)}.")

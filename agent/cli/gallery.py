@@ -12,7 +12,7 @@ from agent.cli.common import (
     ChromaUrlOpt, HomeOpt, JsonOpt, KOpt, StoreOpt, err_console, open_gallery, out_console, print_json, progress,
     set_home,
 )
-from agent.cli.render import data, line
+from agent.cli.render import line, literal
 
 
 def _default_labels(images: Path) -> Optional[Path]:
@@ -57,7 +57,7 @@ def index(
     labels = None if no_labels else (labels or _default_labels(images))
     label_map = read_labels(labels) if labels else {}
     if labels:
-        err_console.print(data(f"Labels: {len(label_map)} from {labels}"))
+        err_console.print(literal(f"Labels: {len(label_map)} from {labels}"))
     with err_console.status("Loading bundle..."):
         loaded = load_bundle(bundle)
     gallery = open_gallery(store, chroma_url, create=True)
@@ -67,7 +67,7 @@ def index(
         report = index_images(
             loaded.ensemble, gallery, images, labels=label_map, batch_size=batch_size,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
-            on_skip=lambda p, why: err_console.print(line("[yellow]skipped[/yellow] ", data(f"{p}: {why}"))),
+            on_skip=lambda p, why: err_console.print(line("[yellow]skipped[/yellow] ", literal(f"{p}: {why}"))),
         )
     summary = {
         "store": store, "indexed": report.indexed, "already_present": report.present,
@@ -78,7 +78,7 @@ def index(
     if json_out:
         print_json(summary)
     else:
-        out_console.print(data(
+        out_console.print(literal(
             f"Store '{store}': {report.indexed} indexed, {report.present} already present, "
             f"{len(report.skipped)} skipped, {len(report.duplicates)} duplicate files; {summary['count']} images in all."))
         err_console.print(f'Next: kger search "left ear, tympanic membrane" --store {store}')
@@ -90,7 +90,7 @@ def results_table(results, title: Text) -> Table:
         t.add_column(col, justify="right" if col in ("#", "score") else "left")
     for r in results:
         label = r.label or (f"{r.predicted}? ({r.predicted_prob:.2f})" if r.predicted else "-")
-        t.add_row(str(r.rank), data(r.name), data(label), f"{r.score:.3f}")
+        t.add_row(str(r.rank), literal(r.name), literal(label), f"{r.score:.3f}")
     return t
 
 
@@ -122,5 +122,5 @@ def search(
                     "bundle": searcher.bundle.fingerprint,
                     "results": [r.model_dump(exclude=TOOL_FIELDS) for r in results]})
     else:
-        title = data(f"Top {len(results)} for {text!r}" if text else f"Images like {image}")
+        title = literal(f"Top {len(results)} for {text!r}" if text else f"Images like {image}")
         out_console.print(results_table(results, title))

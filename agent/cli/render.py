@@ -2,9 +2,9 @@
 
 Rich parses console markup in every plain string it prints, so a description such as `[/bold] left ear` raised
 a MarkupError and `[link=...]` made a clickable link. Escaping by hand in some places (and twice in others)
-was the bug; here it happens once, at the point of output: `data()` turns untrusted text into a rich `Text`
+was the bug; here it happens once, at the point of output: `literal()` turns untrusted text into a rich `Text`
 (never parsed as markup), with control characters made visible (an ESC must not reach the terminal) and long
-text shortened. Only kger's own literal strings are markup, and `line()` joins the two kinds.
+text shortened. Only strings written in kger's own code are markup; `line()` joins the two kinds.
 
 What is shortened is only what the screen shows: traces and `--json` keep every character.
 """
@@ -37,14 +37,14 @@ def clean(value: Any, limit: Optional[int] = SCREEN_CHARS, newlines: bool = True
     return s
 
 
-def data(value: Any, style: str = "", limit: Optional[int] = SCREEN_CHARS, newlines: bool = True) -> Text:
+def literal(value: Any, style: str = "", limit: Optional[int] = SCREEN_CHARS, newlines: bool = True) -> Text:
     """User, file or model text as a rich `Text`: shown exactly (never markup), made safe and shortened."""
     return Text(clean(value, limit, newlines), style=style)
 
 
 def line(*parts: Any, style: str = "") -> Text:
     """One `Text` from parts: a `str` part is kger's own markup (a literal in our code), a `Text` part (from
-    `data()`) is kept as it is. Any other value (a number, a path) is data."""
+    `literal()`) is kept as it is. Any other value (a number, a path) is data."""
     out = Text(style=style)
     for part in parts:
         if isinstance(part, Text):
@@ -52,7 +52,7 @@ def line(*parts: Any, style: str = "") -> Text:
         elif isinstance(part, str):
             out.append_text(Text.from_markup(part))
         else:
-            out.append_text(data(part))
+            out.append_text(literal(part))
     return out
 
 
