@@ -7,7 +7,6 @@ records each node's update as the graph streams it, with the node's time measure
 """
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -134,16 +133,10 @@ class Assistant:
 
         searcher = Searcher.for_gallery(Gallery.open(store, url=url))
         traces = checkpointer = None
-        if persist:
-            from langgraph.checkpoint.sqlite import SqliteSaver
+        if persist:  # damaged files are moved aside, a read-only home answers unrecorded (agent/persist.py)
+            from agent.persist import open_records
 
-            from store.paths import checkpoints_db_path, traces_db_path
-            from store.traces import TraceDB
-
-            traces = TraceDB(traces_db_path())
-            path = checkpoints_db_path()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            checkpointer = SqliteSaver(sqlite3.connect(str(path), check_same_thread=False), serde=serializer())
+            traces, checkpointer = open_records()
         return cls(searcher=searcher, llm=llm, k=k, pool=max(pool, k), traces=traces, checkpointer=checkpointer,
                    store_name=store, **kw)
 
@@ -159,7 +152,9 @@ class Assistant:
         """Run one turn; returns the answer (rows with retrieval / judge / fused scores) with its run id.
 
         `on_event(kind, payload)` sees the turn as it runs: ("node", {node, ms}) as each node finishes and
-        ("progress", {...}) from the nodes' custom stream (the judge's "judged 7/20")."""
+        ("progress", {...}) from the judge ("judged 7/20"), through `Context.progress`. Not LangGraph's "custom"
+        stream mode: that runs the nodes in a worker thread, and then Ctrl-C cannot end a turn whose remote call
+        hangs (the stream waits for the thread)."""
         thread_id = thread_id or uuid.uuid4().hex
         run_id = None
         if self.traces is not None:
@@ -168,18 +163,15 @@ class Assistant:
                                            thread_id=thread_id)
         run_id = run_id or uuid.uuid4().hex
         ctx = Context(searcher=self.searcher, planner=self.planner, fallback_planner=self.fallback_planner,
-                      judge=self.judge, run_id=run_id, k=self.k, pool=self.pool, fuse=self.fuse, llm=self.llm)
+                      judge=self.judge, run_id=run_id, k=self.k, pool=self.pool, fuse=self.fuse, llm=self.llm,
+                      progress=(lambda payload: on_event("progress", payload)) if on_event is not None else None)
         config = {"configurable": {"thread_id": thread_id}}
         timings: dict[str, float] = {}
         seen: dict[str, Any] = {}  # the turn's state so far, from the updates
         t0 = last = time.perf_counter()
         try:
-            for mode, update in self.graph.stream({"messages": [HumanMessage(content=question)]}, config=config,
-                                                  context=ctx, stream_mode=["updates", "custom"]):
-                if mode == "custom":
-                    if on_event is not None:
-                        on_event("progress", update)
-                    continue
+            for update in self.graph.stream({"messages": [HumanMessage(content=question)]}, config=config,
+                                            context=ctx, stream_mode="updates"):
                 now = time.perf_counter()
                 for node, values in update.items():
                     timings[node] = round((now - last) * 1000, 2)

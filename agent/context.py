@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 from langchain_core.messages import BaseMessage
@@ -48,3 +48,5 @@ class Context:
     pool: int = field(default=20, metadata={"description": "candidates retrieved per query and judged"})
     fuse: FuseConfig = field(default_factory=FuseConfig, metadata={"description": "Pos-Fuse parameters"})
     llm: str = field(default="offline", metadata={"description": "'offline' or 'gemini' (for traces and notices)"})
+    progress: Optional[Callable[[dict], None]] = field(
+        default=None, metadata={"description": "sees {'stage': 'judge', 'judged': i, 'total': n} as a turn runs"})

@@ -37,12 +37,13 @@ def merge(lists: list[list[Candidate]], limit: int) -> list[Candidate]:
 
 
 def _judge_with_progress(judge, question: str, candidates: list, write) -> list:
-    """Score the candidates; "judged i/n" goes out on the graph's custom stream (a CLI shows it, serve streams
-    it). Judges that report each verdict take `on_progress`; the others report at the start and the end."""
+    """Score the candidates; "judged i/n" goes to `Context.progress` (a CLI shows it, serve streams it).
+    Judges that report each verdict take `on_progress`; the others report at the start and the end."""
     n = len(candidates)
 
     def progress(done: int) -> None:
-        write({"stage": "judge", "judged": done, "total": n})
+        if write is not None:
+            write({"stage": "judge", "judged": done, "total": n})
 
     progress(0)
     if "on_progress" in inspect.signature(judge.judge).parameters:
@@ -57,5 +58,5 @@ def judge(state: State, runtime: Runtime[Context]) -> dict:
     ctx = runtime.context
     lists, errors = turn_results(state.messages)
     candidates = merge(lists, ctx.pool)
-    verdicts = _judge_with_progress(ctx.judge, state.question, candidates, runtime.stream_writer) if candidates else []
+    verdicts = _judge_with_progress(ctx.judge, state.question, candidates, ctx.progress) if candidates else []
     return {"candidates": candidates, "verdicts": verdicts, "tool_errors": errors}

@@ -11,7 +11,9 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from retrieval.errors import KgerError
 from retrieval.spec import NanoCLIPSpec
@@ -28,6 +30,37 @@ MANIFEST = "manifest.json"
 
 class BundleError(KgerError):
     """A bundle that cannot be used as asked; the message says which file and what is wrong."""
+
+
+class Manifest(BaseModel):
+    """What the loader relies on in manifest.json, checked before anything is built: types (strict: JSON's
+    "2" is not 2), and that the fold count, the listed fold files and the vector width agree. Fields the
+    loader does not read (metrics, calibration, ...) pass through unchecked."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    format: str
+    format_version: int
+    spec: dict[str, Any]
+    folds: int = Field(ge=1)
+    seed: int = 0
+    classes: Optional[list[str]] = None
+    shared_hash: str
+    files: dict[str, str]
+    fingerprint: str
+    embed_dim: Optional[int] = Field(default=None, ge=1)
+    dim: Optional[int] = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _agree(self) -> "Manifest":
+        names = sorted(self.files)
+        if names != [fold_file(f) for f in range(len(names))]:
+            raise ValueError(f"field 'files' must list fold_00.safetensors, fold_01.safetensors, ... (got {names})")
+        if self.folds != len(self.files):
+            raise ValueError(f"field 'folds' is {self.folds} but field 'files' lists {len(self.files)} fold files")
+        if self.dim is not None and self.embed_dim is not None and self.dim != self.embed_dim * self.folds:
+            raise ValueError(f"field 'dim' is {self.dim} but embed_dim x folds is {self.embed_dim * self.folds}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -177,9 +210,14 @@ def read_manifest(path: str | Path) -> dict:
         raise BundleError(
             f"{mf} has format version {manifest.get('format_version')}, this kger reads version {FORMAT_VERSION}"
         )
-    for key in ("spec", "folds", "shared_hash", "files", "fingerprint"):
-        if key not in manifest:
-            raise BundleError(f"{mf} lacks '{key}'")
+    try:
+        Manifest.model_validate(manifest)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        what = "is missing" if err["type"] == "missing" else f"is invalid: {err['msg']}"
+        why = f"field {where!r} {what}" if where else err["msg"].removeprefix("Value error, ")
+        raise BundleError(f"{mf}: {why}") from None
     return manifest
 
 
@@ -200,7 +238,10 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
 
     path = Path(path)
     manifest = read_manifest(path)
-    spec = NanoCLIPSpec.from_dict(manifest["spec"])
+    try:
+        spec = NanoCLIPSpec.from_dict(manifest["spec"])
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"{path / MANIFEST}: field 'spec' is invalid: {e}") from None
     ens = FoldEnsemble(spec, manifest["folds"], seed=manifest.get("seed", 0), classes=manifest.get("classes"))
     if verify and ens.shared_hash() != manifest["shared_hash"]:
         raise BundleError(

@@ -6,7 +6,10 @@ frame (retrieval/video.py); `plan_items` and `encode_batch` are shared with the 
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,24 @@ class IndexReport:
         return self.indexed + self.present + len(self.skipped) + len(self.duplicates)
 
 
+def not_regular(path: Path) -> Optional[str]:
+    """Why `path` is not a regular file that can be read (None when it is). Only regular files are opened:
+    opening a named pipe blocks forever, a device can be endless; a symbolic link loop cannot be followed."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return "a symbolic link loop" if e.errno == errno.ELOOP else f"unreadable: {e.strerror or e}"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO), not a regular file: not opened"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not a regular file: not opened"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not a regular file: not opened"
+    return "not a regular file: not opened"
+
+
 def find_images(root: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
     """Recursive, sorted, hidden entries ignored. Returns images and videos, and (path, reason) for other files."""
     root = Path(root)
@@ -46,6 +67,10 @@ def find_images(root: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
     found, odd = [], []
     for p in sorted(root.rglob("*")):
         if any(part.startswith(".") for part in p.relative_to(root).parts) or p.is_dir():
+            continue
+        why = not_regular(p)
+        if why:
+            odd.append((str(p), why))
             continue
         suffix = p.suffix.lower()
         if suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES:

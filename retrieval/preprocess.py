@@ -18,6 +18,7 @@ import io
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,8 +79,9 @@ def load_image(path) -> Image.Image:
     data = _read_bytes(path)
     try:
         img = Image.open(io.BytesIO(data), formats=DECODE_FORMATS)
-    except Image.DecompressionBombError as e:
-        raise ImageLoadError(f"image too large, refused as a possible decompression bomb ({e})", path) from e
+    except Image.DecompressionBombError as e:  # PIL's own guard, past its limit: said as kger's one limit
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_large(int(found.group(1)) if found else None, None, path) from e
     except Exception as e:  # noqa: BLE001 - plugins raise many types on hostile headers
         raise ImageLoadError(_unopenable_reason(data), path) from e
 
@@ -87,11 +89,8 @@ def load_image(path) -> Image.Image:
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ImageLoadError(f"zero-size image ({w}x{h})", path)
-    cap = min(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_PIXELS)
-    if w * h > cap:
-        raise ImageLoadError(
-            f"image too large: {w}x{h} = {w * h:,} pixels is over the {cap:,}-pixel cap "
-            "(refused as a possible decompression bomb)", path)
+    if w * h > pixel_cap():
+        raise _too_large(w * h, (w, h), path)
     if fmt == "JPEG" and max(w, h) > LOAD_MAX_SIDE:
         # DCT-domain downscale by 2/4/8 while decoding; draft keeps at least the size asked for, so ask
         # for half the cap to land in [cap/2, cap].
@@ -118,6 +117,19 @@ def load_image(path) -> Image.Image:
 
 
 _REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "I", "F"})  # modes where box-averaging is meaningful
+
+
+def pixel_cap() -> int:
+    """The one image-size limit: kger's MAX_PIXELS, or PIL's MAX_IMAGE_PIXELS where someone set it lower."""
+    return min(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_PIXELS)
+
+
+def _too_large(pixels: int | None, size: tuple[int, int] | None, path) -> ImageLoadError:
+    """One message for every image over the limit, whether kger or PIL noticed first."""
+    dims = f"{size[0]}x{size[1]} = " if size else ""
+    count = f"{dims}{pixels:,} pixels" if pixels else "the image"
+    return ImageLoadError(f"image too large: {count} is over the {pixel_cap():,}-pixel limit "
+                          "(refused as a possible decompression bomb)", path)
 
 
 def _cap_side(img: Image.Image) -> Image.Image:

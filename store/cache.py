@@ -7,9 +7,14 @@ import json
 import threading
 from pathlib import Path
 
-from store.db import connect, utcnow
+from store.db import ReadOnlyStateError, log, open_db, utcnow
 from store.paths import cache_db_path
 from store.redact import record
+
+
+def _create(db) -> None:
+    # A cache is disposable: a new layout gets a new table name rather than a migration.
+    db.execute("create table if not exists judge_cache (key text primary key, value text not null, created text not null)")
 
 
 class JudgeCache:
@@ -21,11 +26,11 @@ class JudgeCache:
     def __init__(self, path: Path | str | None = None):
         self.path = cache_db_path() if path is None else path
         self._lock = threading.Lock()
-        self._db = connect(self.path)
-        # A cache is disposable: a new layout gets a new table name rather than a migration.
-        self._db.execute(
-            "create table if not exists judge_cache (key text primary key, value text not null, created text not null)"
-        )
+        try:  # a damaged file is kept aside and a fresh one started (store.db.open_db says so)
+            self._db = open_db(self.path, "the judge cache", _create)
+        except ReadOnlyStateError as e:  # a cache is optional: answers still come, uncached
+            log.warning("%s; verdicts are not cached in this run", e)
+            self._db = open_db(":memory:", "the judge cache", _create)
         self.hits = 0
         self.misses = 0
 

@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from retrieval.errors import KgerError
-from store.locks import LockTimeout, StoreLock
+from store.errors import INDEX_HINT as _INDEX_HINT, BundleMismatchError, StoreError
+from store.locks import StoreLock
+from store.opening import lock_store as _lock_store, readable_copy, unopenable as _unopenable
 from store.paths import stores_dir
 
 # Chroma's defaults (ef 100, M 16) gave recall@10 = 0.81 against exact search on 3,000 random 640-d
@@ -30,15 +31,6 @@ LOCK_TIMEOUT_S = 10.0  # how long an open waits for another process's conflictin
 _PAGE = 1000
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$")
 _BUNDLE_KEYS = {"fingerprint": "kger_bundle_fingerprint", "path": "kger_bundle_path", "dim": "kger_bundle_dim"}
-_INDEX_HINT = "kger index IMAGES --bundle DIR --store {name}"
-
-
-class StoreError(KgerError):
-    """A user-facing failure; the message is one line and names the next command to run."""
-
-
-class BundleMismatchError(StoreError):
-    """The store was indexed by another bundle than the one in use: its scores would be meaningless."""
 
 
 @dataclass
@@ -88,19 +80,6 @@ def _where(where: dict | None = None, classes: Sequence[str] | None = None) -> d
     return (clauses[0] if len(clauses) == 1 else {"$and": clauses}) if clauses else None
 
 
-def _lock_store(name: str, root: Path, writable: bool, timeout: float) -> StoreLock:
-    lock = StoreLock(root / "store.lock", exclusive=writable, timeout=timeout)
-    try:
-        lock.acquire()
-    except LockTimeout:
-        doing = "in use by another process" if writable else "being indexed by another process"
-        raise StoreError(
-            f"Store '{name}' is {doing}: wait for it to finish, or share it through a Chroma server "
-            f"(`chroma run --path {root / 'chroma'}`, then set KGER_CHROMA_URL)"
-        ) from None
-    return lock
-
-
 def _split_url(url: str) -> tuple[str, int, bool]:
     parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -124,6 +103,7 @@ class Gallery:
         self._col = collection
         self._lock = lock
         self._bound: dict | None = None  # see `bundle`
+        self._scratch: Any = None  # a read-only store's temporary copy, removed on close
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -148,6 +128,7 @@ class Gallery:
         settings = Settings(anonymized_telemetry=False)
         root: Path | None = None
         lock: StoreLock | None = None
+        scratch = None  # the temporary copy of a read-only store
         if url:
             host, port, ssl = _split_url(url)
             try:
@@ -165,11 +146,12 @@ class Gallery:
                 raise StoreError(f"No store '{name}' at {root}: run `{_INDEX_HINT.format(name=name)}`")
             path.mkdir(parents=True, exist_ok=True)
             lock = _lock_store(name, root, writable, LOCK_TIMEOUT_S if lock_timeout is None else lock_timeout)
-            try:
+            try:  # a reader of a read-only store gets a private copy (Chroma writes on open)
+                path, scratch = (path, None) if writable else readable_copy(path, f"Store '{name}'")
                 client = chromadb.PersistentClient(path=str(path), settings=settings)
-            except BaseException:
+            except BaseException as e:
                 lock.release()
-                raise
+                raise _unopenable(name, root, e) from e
             where = f"at {root}"
         collection_name = COLLECTION_PREFIX + name
         try:
@@ -188,8 +170,9 @@ class Gallery:
                 lock.release()
             if isinstance(e, NotFoundError):
                 raise StoreError(f"No store '{name}' {where}: run `{_INDEX_HINT.format(name=name)}`") from None
-            raise
+            raise e if root is None else _unopenable(name, root, e) from e
         gallery = cls(name, client, collection, root=root, url=url, writable=writable, lock=lock)
+        gallery._scratch = scratch
         space = ((collection.configuration or {}).get("hnsw") or {}).get("space")
         if space not in (None, "cosine"):
             gallery.close()
@@ -207,6 +190,9 @@ class Gallery:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
 
     def __enter__(self) -> "Gallery":
         return self

@@ -12,6 +12,7 @@ path, so galleries of one process share the lock (counted) instead of competing 
 """
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -50,6 +51,21 @@ def _try_flock(fd: int, exclusive: bool) -> bool:
         return False
 
 
+def _open_lock_file(path: str, exclusive: bool) -> int | None:
+    """The lock file's descriptor. A reader whose home is read-only opens it read-only (flock needs no write
+    access), and where it cannot exist at all gets None: on a read-only filesystem no writer can interfere.
+    A writer there gets the OSError (the caller says "read-only" in one line)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if exclusive or e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+
+
 class StoreLock:
     """``acquire()`` waits up to ``timeout`` seconds, then raises LockTimeout; ``release()`` may run on any thread."""
 
@@ -77,7 +93,11 @@ class StoreLock:
                         os.close(fd)
                     return
                 if fd < 0:
-                    fd = os.open(self.key, os.O_RDWR | os.O_CREAT, 0o644)
+                    fd = _open_lock_file(self.key, self.exclusive)
+                if fd is None:  # a reader on a read-only filesystem: nobody can write there, no lock needed
+                    _held[self.key] = _Held(fd=-1, exclusive=False, count=1)
+                    self._acquired = True
+                    return
                 if _try_flock(fd, self.exclusive):
                     _held[self.key] = _Held(fd=fd, exclusive=self.exclusive, count=1)
                     self._acquired = True
@@ -96,7 +116,8 @@ class StoreLock:
             held.count -= 1
             if held.count == 0:
                 del _held[self.key]
-                os.close(held.fd)  # closing the descriptor drops the flock
+                if held.fd >= 0:
+                    os.close(held.fd)  # closing the descriptor drops the flock
 
     def __enter__(self) -> "StoreLock":
         self.acquire()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.errors import KgerError
-from store.db import connect, to_utc_text, utcnow
+from store.db import ReadOnlyStateError, connect_read_only, open_db, to_utc_text, utcnow
 from store.migrations import migrate
 from store.paths import traces_db_path
 from store.redact import record, scrub_text
@@ -55,6 +55,11 @@ def _row(row: sqlite3.Row) -> dict:
     return out
 
 
+def _functions(db: sqlite3.Connection) -> sqlite3.Connection:
+    db.create_function("kger_casefold", 1, lambda s: None if s is None else s.casefold(), deterministic=True)
+    return db
+
+
 class TraceDB:
     """traces.db (``HOME/traces.db`` by default). One connection, guarded by a lock: safe to share
     between the threads of one process; other processes wait on SQLite's 30 s busy timeout."""
@@ -62,9 +67,13 @@ class TraceDB:
     def __init__(self, path: Path | str | None = None):
         self.path = traces_db_path() if path is None else path
         self._lock = threading.RLock()
-        self._db = connect(self.path)
-        self._db.create_function("kger_casefold", 1, lambda s: None if s is None else s.casefold(), deterministic=True)
-        migrate(self._db)
+        self.read_only = False  # a trace database on a read-only filesystem: listed and shown, never written
+        try:  # a damaged file is kept aside and a fresh one started (store.db.open_db says so)
+            self._db = open_db(self.path, "the trace database", lambda db: migrate(_functions(db)))
+        except ReadOnlyStateError:
+            if not Path(self.path).is_file():
+                raise
+            self._db, self.read_only = _functions(connect_read_only(self.path)), True
 
     def close(self) -> None:
         with self._lock:
@@ -95,6 +104,8 @@ class TraceDB:
         """Record a run as 'running' and return its id (uuid4 hex: any short prefix is likely unique)."""
         if kind not in KINDS:
             raise ValueError(f"run kind must be one of {KINDS}, not {kind!r}")
+        if self.read_only:
+            raise ReadOnlyStateError(f"{self.path} is read-only: this run cannot be recorded")
         run_id = uuid.uuid4().hex
         self._write(
             "insert into runs (id, created, thread_id, kind, input, llm, store, bundle, models, status)"

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Group
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -14,6 +13,7 @@ from agent.cli.common import (
     ChromaUrlOpt, HomeOpt, JsonOpt, KOpt, LlmOpt, StoreOpt, StrictOpt, check_llm, err_console, open_assistant,
     out_console, print_json, set_home,
 )
+from agent.cli.render import line, literal
 
 if TYPE_CHECKING:
     from agent.state import Answer
@@ -35,7 +35,7 @@ class AnswerTable:
         yield self.render(options.max_width)
 
     def render(self, width: int) -> Group:
-        t = Table(title=escape(self.answer.question), title_justify="left", show_lines=False)
+        t = Table(title=literal(self.answer.question), title_justify="left", show_lines=False)
         image_width = max(8, width - FIXED_WIDTH)
         for col, just, w in FIXED[:1] + (("image", "left", image_width),) + FIXED[1:]:
             t.add_column(col, justify=just, no_wrap=True, overflow="ellipsis", max_width=w,
@@ -43,15 +43,15 @@ class AnswerTable:
         whys = []
         for r in self.answer.rows:
             cls = r.label or (f"{r.predicted}? {r.predicted_prob:.2f}" if r.predicted else "-")
-            why = escape(r.justification)  # model and user text is never markup
+            why = literal(r.justification)  # model and user text is never markup (agent/cli/render.py)
             if r.fallback:
-                why += f" [dim](offline judge: {escape(r.fallback)})[/dim]"
+                why = line(why, " ", literal(f"(offline judge: {r.fallback})", style="dim"))
             if r.demoted:
-                why += f" [dim](ranked last: {escape(r.demoted)})[/dim]"
+                why = line(why, " ", literal(f"(ranked last: {r.demoted})", style="dim"))
             judge = "-" if r.judge is None else f"{r.judge:.2f}"
-            t.add_row(str(r.rank), escape(r.name or r.id[:12]), escape(cls), f"{r.retrieval:.3f}", judge,
+            t.add_row(str(r.rank), literal(r.name or r.id[:12]), literal(cls), f"{r.retrieval:.3f}", judge,
                       f"{r.fused:.3f}")
-            whys.append((str(r.rank), Text.from_markup(why)))
+            whys.append((str(r.rank), why))
         if not self.reasons or not whys:
             return Group(t)
         grid = Table.grid(padding=(0, 2))
@@ -99,7 +99,7 @@ def report_fallbacks(answer: "Answer", strict: bool) -> None:
     if strict:
         require_no_fallback(answer)
     for note in answer.fallbacks:
-        err_console.print(f"[yellow]fallback[/yellow] {escape(note)}", soft_wrap=True)
+        err_console.print(line("[yellow]fallback[/yellow] ", literal(note)), soft_wrap=True)
 
 
 def ask(
@@ -127,4 +127,5 @@ def ask(
         print_json(answer.model_dump())
         return
     out_console.print(answer_table(answer))
-    out_console.print(f"run {answer.run_id}  (kger trace show {answer.run_id[:12]})")
+    traced = f"  (kger trace show {answer.run_id[:12]})" if assistant.traces is not None else "  (not recorded)"
+    out_console.print(f"run {answer.run_id}{traced}")

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.markup import escape
 
 from agent.cli.common import (
     SHOWN, BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, PoolOpt, StoreOpt, StrictOpt, check_llm,
     err_console, open_assistant, out_console, print_json, progress, report_skipped, set_home,
 )
+from agent.cli.render import line, literal, plural
 from retrieval.errors import InputError
 
 if TYPE_CHECKING:
@@ -181,8 +181,12 @@ def batch(
     set_home(home)
     check_llm(llm)
     from agent.assistant import require_no_fallback
+    from agent.cli.checks import out_file
     from agent.cli.queries import read_queries
 
+    for path, flag in ((out, "--out"), (submission_path, "--submission"), (report, "--report")):
+        if path is not None:
+            out_file(path, flag)
     if str(queries) == "-":
         queries = _stdin_queries()
     parsed = read_queries(queries)
@@ -194,17 +198,18 @@ def batch(
     writer = ResultsWriter(out)
     try:
         if writer.repaired:
-            err_console.print(f"[yellow]{out}[/yellow]: dropped an incomplete last line (an interrupted write)")
+            err_console.print(line(literal(out, style="yellow"), ": dropped an incomplete last line (an interrupted write)"))
         previous, bad_out = read_results(out)
         for n, why in bad_out:
-            err_console.print(f"[yellow]{out} line {n}[/yellow]: {why}, ignored")
+            err_console.print(line(literal(f"{out} line {n}", style="yellow"), ": ", literal(why), ", ignored"))
         done = {q for q, d in previous.items() if not d.get("error")}
         todo = [q for q in parsed.items if q.text not in done]
         skipped = len(parsed.items) - len(todo)
         other = {d.get("llm") for q, d in previous.items() if q in done} - {llm}
         if skipped and other:
-            err_console.print(f"[yellow]note:[/yellow] {out} already holds answers made with --llm "
-                              f"{', '.join(sorted(map(str, other)))}; they are kept, not redone")
+            err_console.print(line("[yellow]note:[/yellow] ", literal(
+                f"{out} already holds answers made with --llm {', '.join(sorted(map(str, other)))}; "
+                "they are kept, not redone")))
         if todo:
             assistant = open_assistant(store, chroma_url, llm, k, pool=pool, concurrency=concurrency)
             with progress(disable=json_out) as bar:
@@ -221,7 +226,7 @@ def batch(
                         doc = error_line(q, e, llm, store, k)
                         stats["failed"] += 1
                         failures.append({"query": q.text, "line": q.line, "error": doc["error"]})
-                        err_console.print(f"[red]failed[/red] {parsed.unit} {q.line}: {doc['error']}")
+                        err_console.print(line("[red]failed[/red] ", literal(f"{parsed.unit} {q.line}: {doc['error']}")))
                     else:
                         stats["done"] += 1
                         fb = sum(1 for r in doc["rows"] if r.get("fallback"))
@@ -257,18 +262,18 @@ def batch(
     if json_out:
         print_json(summary)
     else:
-        out_console.print(
+        out_console.print(literal(
             f"{stats['done']} answered, {skipped} already in {out}, {stats['failed']} failed, "
-            f"{len(parsed.skipped)} bad {parsed.unit}s skipped; judge fallbacks in {stats['fallback_rows']} rows "
-            f"({stats['fallback_queries']} queries), {stats['cache_hits']} cached verdicts.")
+            f"{plural(len(parsed.skipped), 'bad ' + parsed.unit)} skipped; judge fallbacks in {stats['fallback_rows']} rows "
+            f"({stats['fallback_queries']} queries), {stats['cache_hits']} cached verdicts."))
         for path, what in ((submission_path, "submission"), (report, "report")):
             if path:
-                out_console.print(f"{what}: {path}")
+                out_console.print(literal(f"{what}: {path}", limit=None))
     for note, n in list(fallback_reasons.items())[:SHOWN]:
-        err_console.print(f"[yellow]fallback[/yellow] in {n} queries: {escape(note)}", soft_wrap=True)
+        err_console.print(line(f"[yellow]fallback[/yellow] in {n} queries: ", literal(note)), soft_wrap=True)
     if interrupted:
-        err_console.print(f"Interrupted: rerun the same command to finish ({out} keeps every finished query).")
+        err_console.print(literal(f"Interrupted: rerun the same command to finish ({out} keeps every finished query)."))
         raise typer.Exit(130)
     if stats["failed"]:
-        err_console.print(f"Error: {stats['failed']} queries failed (their lines in {out} say why); rerun to retry them")
+        err_console.print(literal(f"Error: {stats['failed']} queries failed (their lines in {out} say why); rerun to retry them"))
         raise typer.Exit(1)

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from agent.cli.common import HomeOpt, JsonOpt, err_console, out_console, print_json, set_home
+from agent.cli.render import literal
 from retrieval.spec import NanoCLIPSpec
 
 app = typer.Typer(help="Create and inspect model bundles (a manifest + per-fold weights).", no_args_is_help=True)
@@ -40,8 +41,8 @@ def init(
     if json_out:
         print_json(manifest)
     else:
-        out_console.print(f"Bundle {manifest['fingerprint']} written to {out} ({folds} folds, {manifest['dim']}-d).")
-        err_console.print(f"Next: kger index IMAGES --bundle {out}")
+        out_console.print(literal(f"Bundle {manifest['fingerprint']} written to {out} ({folds} folds, {manifest['dim']}-d).", limit=None))
+        err_console.print(literal(f"Next: kger index IMAGES --bundle {out}", limit=None))
 
 
 @app.command("export")
@@ -71,7 +72,7 @@ def show(path: Annotated[Path, typer.Argument(help="Bundle directory.")], json_o
         print_json(m)
         return
     spec = m["spec"]
-    out_console.print(f"[bold]{path}[/bold]  fingerprint {m['fingerprint']}  ({'trained' if m['trained'] else 'untrained'})")
+    out_console.print(literal(path, style="bold", limit=None), f" fingerprint {m['fingerprint']}  ({'trained' if m['trained'] else 'untrained'})")
     out_console.print(f"  image: {spec['image_backbone']} (pool {spec['pool']}, {spec['image_trainable_stages']} trainable stages)")
     out_console.print(f"  text:  {spec['text_backbone']} ({spec['text_trainable_layers']} trainable layers)")
     out_console.print(f"  folds: {m['folds']} x {m['embed_dim']}-d = {m['dim']}-d; shared trunk {m['shared_hash'][:16]}")

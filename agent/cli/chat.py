@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
 from rich.console import Console
-from rich.text import Text
 
 from agent.cli.ask import answer_table
 from agent.cli.common import (
     NO_KEY_NOTICE, REMOTE_NOTICE, ChromaUrlOpt, HomeOpt, KOpt, LlmOpt, StoreOpt, StrictOpt, check_llm, err_console,
     open_assistant, out_console, set_home,
 )
+from agent.cli.render import line, literal
 
 if TYPE_CHECKING:
     from agent.state import Answer
@@ -72,7 +72,7 @@ def setup_readline() -> Optional[Callable[[], None]]:
             path.parent.mkdir(parents=True, exist_ok=True)
             readline.write_history_file(str(path))
         except OSError as e:
-            err_console.print(f"[dim]could not save the chat history to {path}: {e}[/dim]")
+            err_console.print(literal(f"could not save the chat history to {path}: {e}", style="dim"))
 
     return save
 
@@ -112,7 +112,7 @@ class ChatSession:
         return True
 
     def hint(self, message: str) -> None:
-        self.err.print(Text(message, style="yellow"))  # never markup: it may quote the user's input
+        self.err.print(literal(message, style="yellow", newlines=False))  # it may quote the user's input
 
     # -- turns through the graph ---------------------------------------------------------------
     def ask(self, text: str) -> None:
@@ -130,10 +130,10 @@ class ChatSession:
 
     def print_answer(self, answer: Answer) -> None:
         if answer.rows:
-            self.console.print(answer_table(answer))  # it escapes every free text itself
+            self.console.print(answer_table(answer))
             self.print_thumbnails(answer)
         else:
-            self.console.print(Text(f"No image found for {answer.question!r}."))
+            self.console.print(line("No image found for ", literal(repr(answer.question)), "."))
             for error in self._tool_errors(answer.run_id):
                 self.hint(error.splitlines()[0] if error.strip() else error)
         self.console.print(f"run {answer.run_id}  [dim](why is 1 first? /trace, /open N)[/dim]")
@@ -222,7 +222,7 @@ class ChatSession:
             if not arg.isdigit() or not 1 <= int(arg) <= len(rows):
                 self.hint(f"Usage: /open N, with N from 1 to {len(rows)}." if rows else "The last answer has no image.")
             else:
-                self.console.print(Text(rows[int(arg) - 1].path), soft_wrap=True)
+                self.console.print(literal(rows[int(arg) - 1].path, limit=None), soft_wrap=True)
         else:
             self.hint(f"Unknown command /{name}; type /help for the list.")
         return True
@@ -267,7 +267,7 @@ class ChatSession:
                 if os.environ.get("KGER_DEBUG"):
                     raise
                 msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-                self.err.print(Text(f"error: {(msg.splitlines() or [type(e).__name__])[0]}", style="red"))
+                self.err.print(literal(f"error: {(msg.splitlines() or [type(e).__name__])[0]}", style="red"))
 
 
 def chat(
@@ -284,8 +284,8 @@ def chat(
     assistant = open_assistant(store, chroma_url, llm, k)
     session = ChatSession(assistant, announced_remote=llm == "gemini", strict=strict)
     save_history = setup_readline()
-    err_console.print(f"kger chat: store '{store}', llm {llm}, k {k}. Describe what you look for; /help for more, "
-                      "Ctrl-D to quit.")
+    err_console.print(literal(f"kger chat: store '{store}', llm {llm}, k {k}. Describe what you look for; /help for "
+                           "more, Ctrl-D to quit."))
     try:
         session.loop()
     finally:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from agent.cli.render import line, literal, plural
 from retrieval.errors import InputError
 
 out_console = Console(highlight=False)
@@ -42,6 +44,7 @@ REMOTE_NOTICE = ("[bold yellow]Gemini selected:[/bold yellow] the description an
                  "downscaled, metadata stripped) are sent to Google's API. Use --llm offline to keep everything local.")
 NO_KEY_NOTICE = "GOOGLE_API_KEY is not set (nor GEMINI_API_KEY): the planner and judge fall back to offline."
 SHOWN = 20  # entries listed on stderr before "... and N more"; --json lists all
+ERROR_CHARS = 1000  # an error line that quotes a pasted document is cut on screen
 
 
 class BatchError(InputError):
@@ -56,6 +59,21 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (KgerError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
+class _NoticeHandler(logging.Handler):
+    """kger's own notices about its state (a damaged file moved aside, a read-only home): one yellow line on
+    stderr, as data (a path may hold brackets)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(literal(record.getMessage(), style="yellow", limit=ERROR_CHARS), soft_wrap=True)
+
+
+def show_notices() -> None:
+    notices = logging.getLogger("kger.store")
+    if not any(isinstance(h, _NoticeHandler) for h in notices.handlers):
+        notices.addHandler(_NoticeHandler(logging.WARNING))
+        notices.propagate = False
+
+
 class KgerGroup(TyperGroup):
     """Applies the exception-to-message table once, for every command (and for CliRunner in tests)."""
 
@@ -63,6 +81,7 @@ class KgerGroup(TyperGroup):
         """A user error is one line on stderr and exit code 1, never a traceback (KGER_DEBUG=1 shows it)."""
         from agent import privacy
 
+        show_notices()
         notice = privacy.enforce()
         if notice:
             err_console.print(notice, markup=False)
@@ -80,7 +99,7 @@ class KgerGroup(TyperGroup):
             msg = msg.splitlines()[0] if msg else type(e).__name__
             if getattr(e, "path", None) and str(e.path) not in msg:  # ImageLoadError keeps the path apart
                 msg = f"{e.path}: {msg}"
-            err_console.print(f"Error: {msg}", markup=False, soft_wrap=True)
+            err_console.print(literal(f"Error: {msg}", limit=ERROR_CHARS), soft_wrap=True)
             raise typer.Exit(1) from None
 
 
@@ -95,11 +114,13 @@ def kger_version() -> str:
 
 def set_home(home: Optional[Path]) -> Path:
     """Make --home the one place every module reads (store.paths.kger_home reads KGER_HOME)."""
+    from agent.cli.checks import home_dir
+
     if home is not None:
-        os.environ["KGER_HOME"] = str(Path(home).expanduser().resolve())
+        os.environ["KGER_HOME"] = str(home_dir(Path(home).expanduser()).resolve())
     from store.paths import kger_home
 
-    return kger_home()
+    return home_dir(kger_home(), "--home" if home is not None else "KGER_HOME (or ~/.kger)")
 
 
 def open_gallery(store: str, url: Optional[str], create: bool = False):
@@ -156,6 +177,6 @@ def open_assistant(store: str, chroma_url: Optional[str], llm: str, k: int, *, p
 def report_skipped(what: str, skipped, unit: str) -> None:
     """Bad entries of an input file on stderr, the first SHOWN of them."""
     for s in skipped[:SHOWN]:
-        err_console.print(f"[yellow]{what} {unit} {s.line}[/yellow]: {s.reason}, skipped")
+        err_console.print(line(f"[yellow]{what} {unit} {s.line}[/yellow]: ", literal(s.reason), ", skipped"))
     if len(skipped) > SHOWN:
-        err_console.print(f"... and {len(skipped) - SHOWN} more {what} {unit}s skipped (all listed in --json)")
+        err_console.print(f"... and {plural(len(skipped) - SHOWN, f'more {what} {unit}')} skipped (all listed in --json)")

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from agent.cli.common import HomeOpt, err_console, out_console, set_home
+from agent.cli.render import literal
 
 QUESTIONS = (
     "left ear: tympanic membrane with a bright cone of light",
@@ -53,7 +54,7 @@ def demo(
     else:
         imgs = images / "imgs" if (images / "imgs").is_dir() else images
         data = images if (images / "cls.json").is_file() else imgs.parent
-        err_console.print(f"Images: {imgs}")
+        err_console.print(literal(f"Images: {imgs}", limit=None))
     labels_file = next((p for p in (data / "cls.json", imgs / "cls.json") if p.is_file()), None)
 
     bundle = work / "bundle"
@@ -103,7 +104,7 @@ def demo(
     from agent.cli.report import render_batch
 
     html_path.write_text(render_batch([assistant.traces.get_run(r) for r in runs], title="kger demo"), encoding="utf-8")
-    out_console.print(f"HTML report: {html_path}")
+    out_console.print(literal(f"HTML report: {html_path}", limit=None))
     out_console.print(
         "\nNext, on real data:\n"
         "  kger train ../shared/data/entrep/train --out ~/.kger/bundles/entrep --folds 5\n"

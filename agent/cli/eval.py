@@ -6,11 +6,13 @@ from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from agent.cli.common import (
     SHOWN, BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, StoreOpt, StrictOpt, check_llm,
     err_console, open_assistant, out_console, print_json, progress, report_skipped, set_home,
 )
+from agent.cli.render import line, literal, plural
 
 
 def _pct(x: float) -> str:
@@ -23,7 +25,7 @@ def _delta(x: float) -> str:
     return f"[green]+{100 * x:.1f}[/green]" if x > 0 else f"[red]{100 * x:.1f}[/red]"
 
 
-def metrics_table(metrics: dict[str, dict], deltas: list[dict], title: str) -> Table:
+def metrics_table(metrics: dict[str, dict], deltas: list[dict], title: Text) -> Table:
     from agent.cli.evaluate import METRICS, STAGE_HELP
 
     caption = "\n".join(f"{s}: {STAGE_HELP[s]}" for s in metrics if s in STAGE_HELP)
@@ -104,7 +106,7 @@ def evaluate(
     records_meta = assistant.searcher.gallery.all_metadata()
     resolved, excluded = ev.resolve_truth(parsed.items, records_meta, label_map)
     for x in excluded[:SHOWN]:
-        err_console.print(f"[yellow]excluded[/yellow] {parsed.unit} {x['line']} {x['query']!r}: {x['reason']}")
+        err_console.print(line("[yellow]excluded[/yellow] ", literal(f"{parsed.unit} {x['line']} {x['query']!r}: {x['reason']}")))
     if len(excluded) > SHOWN:
         err_console.print(f"... and {len(excluded) - SHOWN} more excluded (all listed in --json)")
     if not resolved:
@@ -123,7 +125,7 @@ def evaluate(
                 ensemble = [r.id for r in assistant.searcher.text(truth.query, k=k)]
             except Exception as e:
                 failed.append({"query": truth.query, "error": f"{type(e).__name__}: {e}"})
-                err_console.print(f"[red]failed[/red] {truth.query!r}: {type(e).__name__}: {e}")
+                err_console.print(line("[red]failed[/red] ", literal(f"{truth.query!r}: {type(e).__name__}: {e}")))
             else:
                 records.append(ev.EvalRecord(truth.query, relevant, ev.stage_rankings(answer, ensemble),
                                              answer.rows, answer.run_id))
@@ -149,10 +151,10 @@ def evaluate(
         print_json(doc)
         _strict_exit(strict, failed)
         return
-    out_console.print(metrics_table(metrics, deltas, f"{gt.name}: {len(records)} queries, store '{store}', "
-                                                     f"--llm {llm}, {k} candidates"))
+    out_console.print(metrics_table(metrics, deltas, literal(f"{gt.name}: {len(records)} queries, store '{store}', "
+                                                          f"--llm {llm}, {k} candidates")))
     out_console.print(f"{len(excluded)} queries excluded (relevant images not in the store), {len(failed)} failed, "
-                      f"{len(parsed.skipped)} bad entries.")
+                      f"{plural(len(parsed.skipped), 'bad ' + parsed.unit)}.")
     if store_labels:
         out_console.print(f"[yellow]note:[/yellow] {store_labels} of {len(records_meta)} stored images carry a label. "
                           "The planner's filters and the offline judge read labels, so only the ensemble stage is "

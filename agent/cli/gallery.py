@@ -6,11 +6,13 @@ from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from agent.cli.common import (
     ChromaUrlOpt, HomeOpt, JsonOpt, KOpt, StoreOpt, err_console, open_gallery, out_console, print_json, progress,
     set_home,
 )
+from agent.cli.render import line, literal
 
 
 def _default_labels(images: Path) -> Optional[Path]:
@@ -52,8 +54,9 @@ def index(
     from retrieval.indexer import index_images
     from retrieval.labels import read_labels
 
-    if not images.exists():
-        raise FileNotFoundError(f"no such image folder or file: {images}")
+    from agent.cli.checks import images_path
+
+    images_path(images)
     if no_labels and labels:
         raise typer.BadParameter("--labels and --no-labels exclude each other")
     from retrieval.video import parse_every
@@ -67,7 +70,7 @@ def index(
     labels = None if no_labels else (labels or _default_labels(images))
     label_map = read_labels(labels) if labels else {}
     if labels:
-        err_console.print(f"Labels: {len(label_map)} from {labels}")
+        err_console.print(literal(f"Labels: {len(label_map)} from {labels}"))
     with err_console.status("Loading bundle..."):
         loaded = load_bundle(bundle)
     gallery = open_gallery(store, chroma_url, create=True)
@@ -76,7 +79,7 @@ def index(
         task = bar.add_task("Indexing", total=None)
         hooks = dict(
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
-            on_skip=lambda p, why: err_console.print(f"[yellow]skipped[/yellow] {p}: {why}"),
+            on_skip=lambda p, why: err_console.print(line("[yellow]skipped[/yellow] ", literal(f"{p}: {why}"))),
             every=every_s, frames_dir=home_dir / "frames",
         )
         if ray:
@@ -95,20 +98,19 @@ def index(
     if json_out:
         print_json(summary)
     else:
-        out_console.print(
+        out_console.print(literal(
             f"Store '{store}': {report.indexed} indexed, {report.present} already present, "
-            f"{len(report.skipped)} skipped, {len(report.duplicates)} duplicate files; {summary['count']} images in all."
-        )
+            f"{len(report.skipped)} skipped, {len(report.duplicates)} duplicate files; {summary['count']} images in all."))
         err_console.print(f'Next: kger search "left ear, tympanic membrane" --store {store}')
 
 
-def results_table(results, title: str) -> Table:
+def results_table(results, title: Text) -> Table:
     t = Table(title=title, title_justify="left")
     for col in ("#", "image", "label", "score"):
         t.add_column(col, justify="right" if col in ("#", "score") else "left")
     for r in results:
         label = r.label or (f"{r.predicted}? ({r.predicted_prob:.2f})" if r.predicted else "-")
-        t.add_row(str(r.rank), r.name, label, f"{r.score:.3f}")
+        t.add_row(str(r.rank), literal(r.name), literal(label), f"{r.score:.3f}")
     return t
 
 
@@ -125,18 +127,20 @@ def search(
     set_home(home)
     if (text is None) == (image is None):
         raise typer.BadParameter("give either TEXT or --image PATH")
+    from agent.cli.checks import image_file
     from retrieval.candidate import TOOL_FIELDS
     from retrieval.search import Searcher
 
+    if image is not None:
+        image_file(image)
     gallery = open_gallery(store, chroma_url)
     with err_console.status("Loading bundle..."):
         searcher = Searcher.for_gallery(gallery)
-    if image is not None and not image.is_file():
-        raise FileNotFoundError(f"no such image: {image}")
     results = searcher.image(image, k=k) if image is not None else searcher.text(text, k=k)
     if json_out:
         print_json({"query": text, "image": str(image) if image else None, "store": store,
                     "bundle": searcher.bundle.fingerprint,
                     "results": [r.model_dump(exclude=TOOL_FIELDS) for r in results]})
     else:
-        out_console.print(results_table(results, f"Top {len(results)} for {text!r}" if text else f"Images like {image}"))
+        title = literal(f"Top {len(results)} for {text!r}" if text else f"Images like {image}")
+        out_console.print(results_table(results, title))

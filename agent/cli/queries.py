@@ -10,6 +10,7 @@ A bad entry never stops a run of hundreds of queries: it is reported with its li
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Any, Iterator, Optional
 
+from agent.cli.render import plural
 from retrieval.errors import InputError
 from retrieval.lexicon import CLASSES
 
@@ -28,6 +30,9 @@ QUERY_SUFFIXES = (".txt", ".csv", ".jsonl", ".json")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _BAD_BYTE = re.compile(r"[\udc80-\udcff]")  # what surrogateescape makes of bytes that are not UTF-8
 _SPLIT_TARGETS = re.compile(r"\s*[;|]\s*")
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))  # UTF-32 first: its BOM starts like UTF-16's
+DELIMITERS = ",;\t|"
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,17 @@ def _read_text(path: Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     data = path.read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            if encoding == "utf-8":
+                return data[len(bom):].decode("utf-8", errors="surrogateescape")
+            try:
+                return data.decode(encoding)  # these codecs read the byte order from the BOM, and drop it
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path} starts like {encoding.upper()} but is not valid {encoding.upper()} "
+                                 f"(byte {e.start}): save it as UTF-8") from None
+    if b"\x00" in data[:4096]:
+        raise InputError(f"{path} holds NUL bytes: UTF-16 without a byte-order mark, or not text; save it as UTF-8")
     return data.decode("utf-8", errors="surrogateescape")
 
 
@@ -88,9 +102,9 @@ def check_query(text: Any) -> tuple[Optional[str], Optional[str]]:
     return text, None
 
 
-def _csv_rows(text: str, where: Path) -> Iterator[tuple[int, list[str]]]:
+def _csv_rows(text: str, where: Path, delimiter: str = ",") -> Iterator[tuple[int, list[str]]]:
     """(line number where the row starts, cells) for every non-blank row."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     start = 1
     try:
         for row in reader:
@@ -99,6 +113,29 @@ def _csv_rows(text: str, where: Path) -> Iterator[tuple[int, list[str]]]:
             start = reader.line_num + 1
     except csv.Error as e:
         raise InputError(f"{where} is not a readable CSV file (line {reader.line_num}: {e})") from None
+
+
+def _delimiter(text: str, *columns: tuple[str, ...], sniff: bool) -> str:
+    """The CSV delimiter: the one that makes the first line a header naming one of `columns`; else, with
+    `sniff`, what csv.Sniffer finds among , ; tab | in the first lines; else a comma."""
+    first = next((ln for ln in _lines(text) if ln.strip()), "")
+    for d in DELIMITERS:
+        cells = next(csv.reader([first], delimiter=d), [])
+        if any(_header_index(cells, names) is not None for names in columns):
+            return d
+    if sniff:
+        try:
+            return csv.Sniffer().sniff("\n".join(_lines(text)[:20]), delimiters=DELIMITERS).delimiter
+        except csv.Error:
+            pass
+    return ","
+
+
+def _looks_like_target(value: str) -> bool:
+    """An image file name or an ENTRep class: what the second column of a header-less ground truth holds."""
+    from retrieval.preprocess import IMAGE_SUFFIXES
+
+    return class_name(value) is not None or PureWindowsPath(value.strip()).suffix.lower() in IMAGE_SUFFIXES
 
 
 def _header_index(cells: list[str], names: tuple[str, ...]) -> Optional[int]:
@@ -145,7 +182,7 @@ def _raw_queries(path: Path, text: str) -> Parsed:
     if suffix == ".txt":
         raw = [(n, line, None) for n, line in enumerate(_lines(text), start=1) if line.strip()]
     elif suffix == ".csv":
-        rows = list(_csv_rows(text, path))
+        rows = list(_csv_rows(text, path, _delimiter(text, QUERY_COLUMNS, sniff=False)))
         if rows:
             first_line, first = rows[0]
             col = _header_index(first, QUERY_COLUMNS)
@@ -200,7 +237,7 @@ def read_queries(path: str | Path) -> Parsed:
         else:
             first_seen[text] = n
             out.items.append(Query(text, n))
-    return out
+    return _usable(out, path, "query")
 
 
 # -- ground truth ----------------------------------------------------------------------------------------
@@ -241,7 +278,7 @@ def _raw_truth(path: Path, text: str) -> Parsed:
     raw: list[tuple[int, Any, Any, Optional[str]]] = []  # (line, query, target, error)
     unit = "line"
     if suffix == ".csv":
-        rows = list(_csv_rows(text, path))
+        rows = list(_csv_rows(text, path, _delimiter(text, QUERY_COLUMNS, TARGET_COLUMNS, sniff=True)))
         if rows:
             _, first = rows[0]
             q_col, t_col = _header_index(first, QUERY_COLUMNS), _header_index(first, TARGET_COLUMNS)
@@ -250,6 +287,10 @@ def _raw_truth(path: Path, text: str) -> Parsed:
                     raise InputError(f"{path} needs a query column ({'/'.join(QUERY_COLUMNS)}) and an image or "
                                      f"class column ({'/'.join(TARGET_COLUMNS)})")
                 body = rows[1:]
+            elif len(first) >= 2 and not _looks_like_target(first[1]):  # a header, but not one we know
+                raise InputError(f"{path}: the first row ({', '.join(first)[:80]}) is neither a header naming a query "
+                                 f"column ({'/'.join(QUERY_COLUMNS)}) and an image or class column "
+                                 f"({'/'.join(TARGET_COLUMNS)}) nor a query and an image name or class")
             else:  # header-less: query, target
                 q_col, t_col, body = 0, 1, rows
             need = max(q_col, t_col) + 1
@@ -301,4 +342,16 @@ def read_ground_truth(path: str | Path) -> Parsed:
             merged[query] = Truth(query, old.line, tuple(dict.fromkeys(old.images + images)),
                                   tuple(dict.fromkeys(old.classes + classes)))
     out.items = list(merged.values())
-    return out
+    return _usable(out, path, "ground-truth entry")
+
+
+def _usable(parsed: Parsed, path: Path, what: str) -> Parsed:
+    """A file without a single usable entry is an error, not an empty run that looks like success."""
+    if parsed.items:
+        return parsed
+    if not parsed.skipped:
+        raise InputError(f"{path} holds no {what}: it is empty or blank")
+    first = parsed.skipped[0]
+    n = len(parsed.skipped)
+    raise InputError(f"{path} holds no usable {what}: {plural(n, 'bad ' + parsed.unit)} "
+                     f"({parsed.unit} {first.line}: {first.reason}{', ...' if n > 1 else ''})")

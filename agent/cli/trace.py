@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.cli.common import HomeOpt, JsonOpt, err_console, out_console, print_json, set_home
+from agent.cli.render import BLOCK_CHARS, clean, literal
 from agent.cli.report import call_text, class_text, event_payloads, fmt_num
 
 app = typer.Typer(help="Inspect stored runs: what each step saw, scored and decided (no model is called).",
@@ -79,7 +80,7 @@ def _local(ts: Optional[str]) -> str:
 
 
 def _h(text: str, level: int = 2) -> Text:
-    return Text(f"\n{'#' * level} {text}", style="bold cyan" if level == 2 else "bold")
+    return literal(f"\n{'#' * level} {text}", style="bold cyan" if level == 2 else "bold")
 
 
 def _kv(**items: Any) -> Text:
@@ -88,7 +89,7 @@ def _kv(**items: Any) -> Text:
         if v in (None, ""):
             continue
         t.append(f"{k}: ", style="dim")
-        t.append(f"{v}  ")
+        t.append(f"{clean(v)}  ")
     return t
 
 
@@ -100,8 +101,8 @@ def _candidates_table(cands: list[dict], limit: Optional[int] = None) -> Table:
     for c in cands[:limit]:
         folds = " ".join(f"{s:.3f}" for s in c.get("fold_scores") or []) or "-"
         match = {True: "match", False: "outside", None: ""}[c.get("filter_match")]
-        t.add_row(str(c.get("rank")), c.get("name") or c["id"][:12], class_text(c), fmt_num(c.get("score")), folds,
-                  match, c.get("query") or "")
+        t.add_row(str(c.get("rank")), literal(c.get("name") or c["id"][:12]), literal(class_text(c)),
+                  fmt_num(c.get("score")), folds, match, literal(c.get("query") or ""))
     return t
 
 
@@ -118,12 +119,12 @@ def _verdict_blocks(verdicts: list[dict], by_id: dict[str, dict]) -> list[Render
         judge = v.get("judge") or "?"
         if v.get("model") and v["model"] != judge:
             judge += f" ({v['model']})"
-        head = Text(f"### {i}. {_short(v.get('id'), by_id)}", style="bold")
-        head.append(f"  score {fmt_num(v.get('score'), '.2f')}  {judge}  {_verdict_status(v)}", style="")
+        head = literal(f"### {i}. {_short(v.get('id'), by_id)}", style="bold")
+        head.append(clean(f"  score {fmt_num(v.get('score'), '.2f')}  {judge}  {_verdict_status(v)}"), style="")
         out.append(head)
-        out.append(Text("justification: ", style="dim") + Text(v.get("justification") or ""))
+        out.append(Text("justification: ", style="dim") + literal(v.get("justification") or "", limit=BLOCK_CHARS))
         raw = v.get("raw")
-        out.append(Text("raw answer: ", style="dim") + Text(raw if raw is not None else "(none)"))
+        out.append(Text("raw answer: ", style="dim") + literal(raw if raw is not None else "(none)", limit=BLOCK_CHARS))
     return out
 
 
@@ -136,9 +137,9 @@ def _fuse_table(table: list[dict], by_id: dict[str, dict]) -> Table:
         formula = r.get("formula") or ""
         if r.get("demoted"):
             formula += f"  [ranked last: {r['demoted']}]"
-        t.add_row(str(i), _short(r.get("id"), by_id), fmt_num(r.get("retrieval_rank"), "d"),
+        t.add_row(str(i), literal(_short(r.get("id"), by_id)), fmt_num(r.get("retrieval_rank"), "d"),
                   fmt_num(r.get("judge_rank"), "d"), fmt_num(r.get("judge_score"), ".2f"),
-                  fmt_num(r.get("final"), ".4f"), Text(formula))
+                  fmt_num(r.get("final"), ".4f"), literal(formula))
     return t
 
 
@@ -154,23 +155,23 @@ def run_view(run: dict, short: bool = False) -> RenderableType:
     ev = event_payloads(run)
     by_id = _candidates_by_id(run)
     parts: list[RenderableType] = [
-        Text(f"# Run {run['id']}", style="bold"),
+        literal(f"# Run {run['id']}", style="bold"),
         _kv(kind=run.get("kind"), status=run.get("status"), created=_local(run.get("created")), llm=run.get("llm"),
             store=run.get("store"), bundle=run.get("bundle"), thread=run.get("thread_id")),
-        _h("Input"), Text(run.get("input") or ""),
+        _h("Input"), literal(run.get("input") or "", limit=BLOCK_CHARS),
     ]
     if run.get("error"):
-        parts += [_h("Error"), Text(run["error"], style="red")]
+        parts += [_h("Error"), literal(run["error"], style="red", limit=BLOCK_CHARS)]
     plan = ev.get("plan/tool_calls")
     if plan is not None:
         parts += [_h("Plan"), _kv(planner=plan.get("planner"), fallback=plan.get("fallback") or "none",
                                    ms=plan.get("ms"))]
-        parts += [Text(f"- {call_text(c)}") for c in plan.get("tool_calls", [])]
+        parts += [literal(f"- {call_text(c)}") for c in plan.get("tool_calls", [])]
     ret = ev.get("retrieve/candidates")
     if ret is not None:
         cands = ret.get("candidates", [])
         parts += [_h(f"Retrieve: {len(cands)} candidates"), _candidates_table(cands, 5 if short else None)]
-        parts += [Text(f"tool error: {e}", style="red") for e in ret.get("errors") or []]
+        parts += [literal(f"tool error: {e}", style="red") for e in ret.get("errors") or []]
     jud = ev.get("judge/verdicts")
     if jud is not None:
         verdicts = jud.get("verdicts", [])
@@ -192,7 +193,7 @@ def run_view(run: dict, short: bool = False) -> RenderableType:
     answer = run.get("answer") or {}
     if answer.get("rows") and not short:
         parts.append(_h("Answer"))
-        parts += [Text(f"#{r['rank']} {r.get('name') or r['id'][:12]}  {class_text(r)}  "
+        parts += [literal(f"#{r['rank']} {r.get('name') or r['id'][:12]}  {class_text(r)}  "
                        f"fused {fmt_num(r.get('fused'), '.4f')}") for r in answer["rows"]]
     parts += [_h("Timings"), _timings(run.get("timings"))]
     return Group(*parts)
@@ -213,9 +214,9 @@ def explain_rank(run: dict, rank: int) -> RenderableType:
     verdict = next((v for v in ev.get("judge/verdicts", {}).get("verdicts", []) if v["id"] == row["id"]), {})
     name = row.get("name") or row["id"][:12]
     place = "first" if rank == 1 else f"#{rank}"
-    lines: list[RenderableType] = [Text(f"Why #{rank} {name} ({class_text(row)}) is {place}", style="bold")]
+    lines: list[RenderableType] = [literal(f"Why #{rank} {name} ({class_text(row)}) is {place}", style="bold")]
     formula = fused.get("formula") or row.get("formula") or "?"
-    lines.append(Text(f"Pos-Fuse ({cfg.get('strategy', 'posfuse')}): fused = {formula}"))
+    lines.append(literal(f"Pos-Fuse ({cfg.get('strategy', 'posfuse')}): fused = {formula}"))
     if cfg.get("strategy", "posfuse") == "posfuse":
         lines.append(Text(
             f"  = ({cfg.get('w_retrieval', 0.4):g} x retrieval position prob + {cfg.get('w_judge', 0.6):g} x "
@@ -225,12 +226,12 @@ def explain_rank(run: dict, rank: int) -> RenderableType:
                       f"{len(cands)}, ensemble cosine {fmt_num(row.get('retrieval'))}"))
     judge = verdict.get("judge") or row.get("judge_kind") or "?"
     model = f" ({verdict['model']})" if verdict.get("model") and verdict.get("model") != judge else ""
-    lines.append(Text(f"Judge {judge}{model}: rank {fmt_num(fused.get('judge_rank'), 'd')}, score "
+    lines.append(literal(f"Judge {judge}{model}: rank {fmt_num(fused.get('judge_rank'), 'd')}, score "
                       f"{fmt_num(row.get('judge'), '.2f')} ({_verdict_status(verdict or row)}): "
-                      f"{verdict.get('justification') or row.get('justification') or ''}"))
+                      f"{verdict.get('justification') or row.get('justification') or ''}", limit=BLOCK_CHARS))
     raw = verdict.get("raw")
     if raw:
-        lines.append(Text(f"Judge's raw answer: {raw}"))
+        lines.append(literal(f"Judge's raw answer: {raw}", limit=BLOCK_CHARS))
     elif judge == "offline":
         lines.append(Text("Judge's raw answer: none (the offline judge computes its score; it writes no text)",
                           style="dim"))
@@ -244,10 +245,10 @@ def explain_rank(run: dict, rank: int) -> RenderableType:
         lines.append(Text(f"Per-fold cosine: {per}"))
         lines.append(Text(f"Fold agreement: {top3}/{len(ranks)} folds rank it in their top 3 of the candidates."))
     if row.get("demoted"):
-        lines.append(Text(f"Ranked after the rest: {row['demoted']}"))
+        lines.append(literal(f"Ranked after the rest: {row['demoted']}"))
     if rank == 1 and len(rows) > 1:
         nxt = rows[1]
-        lines.append(Text(f"Runner-up #2 {nxt.get('name') or nxt['id'][:12]}: fused {nxt.get('formula')}", style="dim"))
+        lines.append(literal(f"Runner-up #2 {nxt.get('name') or nxt['id'][:12]}: fused {nxt.get('formula')}", style="dim"))
     lines.append(Text(f"(from the trace of run {run['id'][:12]}; no model was called)", style="dim"))
     return Group(*lines)
 
@@ -299,8 +300,8 @@ def list_cmd(
     for r in runs:
         rows = (r.get("answer") or {}).get("rows") or []
         top = f"{rows[0].get('name') or rows[0]['id'][:12]} ({class_text(rows[0])})" if rows else "-"
-        t.add_row(r["id"][:12], _local(r.get("created")), r.get("kind") or "", r.get("llm") or "",
-                  r.get("status") or "", r.get("input") or "", top)
+        t.add_row(*(literal(v) for v in (r["id"][:12], _local(r.get("created")), r.get("kind") or "", r.get("llm") or "",
+                                      r.get("status") or "", r.get("input") or "", top)))
     out_console.print(t)
     err_console.print("Details: kger trace show RUN_ID")
 
@@ -346,6 +347,10 @@ def export(
     set_home(home)
     if fmt not in ("json", "html"):
         raise typer.BadParameter(f"--format must be json or html, not {fmt!r}")
+    if out is not None:
+        from agent.cli.checks import out_file
+
+        out_file(out, "--out")
     run = load_run(run_id)
     if fmt == "json":
         text = json.dumps(run, indent=2, ensure_ascii=False, default=str) + "\n"
@@ -359,4 +364,4 @@ def export(
         out = out or Path(f"kger-run-{run['id'][:12]}.html")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
-    err_console.print(f"Wrote {out}")
+    err_console.print(literal(f"Wrote {out}"))

@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from agent.cli.common import HomeOpt, JsonOpt, err_console, out_console, print_json, set_home
+from agent.cli.render import literal
 from retrieval.spec import NanoCLIPSpec
 from training.config import TrainConfig, TrainError, make_config, parse_settings
 
@@ -51,5 +52,5 @@ def train(
     if json_out:
         print_json(manifest)
     else:
-        out_console.print(f"Bundle {manifest['fingerprint']} written to {out}.")
-        err_console.print(f"Next: kger index IMAGES --bundle {out}")
+        out_console.print(literal(f"Bundle {manifest['fingerprint']} written to {out}.", limit=None))
+        err_console.print(literal(f"Next: kger index IMAGES --bundle {out}", limit=None))
