@@ -5,6 +5,7 @@ Resumable because ids are content hashes and each batch is upserted as soon as i
 """
 from __future__ import annotations
 
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ QUIET_SUFFIXES = frozenset({".json", ".jsonl", ".csv", ".txt", ".md", ".html", "
 class IndexReport:
     indexed: int = 0
     present: int = 0
+    trusted: int = 0  # newly indexed images whose predicted class is trusted (retrieval/trust.py)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, same content as path)
 
@@ -53,16 +55,21 @@ def find_images(root: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
     return found, odd
 
 
-def metadata_for(path: Path, sha: str, labels: dict[str, str], classes, probs) -> dict:
+def metadata_for(path: Path, sha: str, labels: dict[str, str], classes, probs, assessed=None) -> dict:
+    """The record's metadata. `cls` (what filters match) is the label, else a *trusted* prediction only
+    (retrieval/trust.py): an untrusted prediction is stored for display and the judge, never filtered on."""
     meta = {"path": str(path.resolve()), "name": path.name, "sha256": sha}
     label = labels.get(path.name)
     if label:
         meta.update(label=label, cls=label, cls_source="label")
-    if probs is not None and classes:
+    if assessed is not None:
+        meta.update(predicted=assessed.predicted, predicted_prob=assessed.prob, trusted=assessed.trusted,
+                    familiarity=assessed.familiarity, familiar=assessed.familiar, class_probs=json.dumps(assessed.probs))
+        if not label and assessed.trusted:
+            meta.update(cls=assessed.predicted, cls_source="trusted")
+    elif probs is not None and classes:  # an uncalibrated bundle: shown, never trusted
         i = int(np.argmax(probs))
-        meta.update(predicted=classes[i], predicted_prob=float(probs[i]))
-        if not label:
-            meta.update(cls=classes[i], cls_source="predicted")
+        meta.update(predicted=classes[i], predicted_prob=float(probs[i]), trusted=False)
     return meta
 
 
@@ -76,6 +83,7 @@ def index_images(
     workers: int = 2,
     on_progress: Optional[Callable[[int, int], None]] = None,
     on_skip: Optional[Callable[[str, str], None]] = None,
+    trust=None,
 ) -> IndexReport:
     """Encode and upsert every image under `root` that the gallery does not hold yet."""
     labels = labels or {}
@@ -122,11 +130,15 @@ def index_images(
                 except ImageLoadError as e:
                     skip(p, str(e))
             if tensors:
-                vecs, probs = ens.encode_images(torch.stack(tensors))
+                vecs, logits, feats = ens.encode_images_detailed(torch.stack(tensors))
+                probs = None if logits is None else logits.softmax(-1).mean(0).numpy()
+                assessed = trust.assess(logits, feats) if trust is not None and logits is not None else None
                 metas = [
-                    metadata_for(p, i, labels, ens.classes, None if probs is None else probs[j])
+                    metadata_for(p, i, labels, ens.classes, None if probs is None else probs[j],
+                                 None if assessed is None else assessed[j])
                     for j, (i, p) in enumerate(zip(ok_ids, ok_paths))
                 ]
+                report.trusted += sum(a.trusted for a in assessed or [])
                 gallery.upsert(ok_ids, vecs, metas)
                 report.indexed += len(ok_ids)
                 log.info("stored batch of %d (%d new so far)", len(ok_ids), report.indexed)

@@ -64,13 +64,13 @@ def index(
         report = index_images(
             loaded.ensemble, gallery, images, labels=label_map, batch_size=batch_size,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
-            on_skip=lambda p, why: err_console.print(f"[yellow]skipped[/yellow] {p}: {why}"),
+            on_skip=lambda p, why: err_console.print(f"[yellow]skipped[/yellow] {p}: {why}"), trust=loaded.trust,
         )
     summary = {
         "store": store, "indexed": report.indexed, "already_present": report.present,
         "skipped": [{"path": p, "reason": r} for p, r in report.skipped],
         "duplicates": [{"path": p, "same_as": s} for p, s in report.duplicates],
-        "count": gallery.count(), "bundle": loaded.fingerprint,
+        "count": gallery.count(), "bundle": loaded.fingerprint, "trusted_predictions": report.trusted,
     }
     if json_out:
         print_json(summary)
@@ -79,6 +79,8 @@ def index(
             f"Store '{store}': {report.indexed} indexed, {report.present} already present, "
             f"{len(report.skipped)} skipped, {len(report.duplicates)} duplicate files; {summary['count']} images in all."
         )
+        out_console.print(f"Trusted predicted classes: {report.trusted} of {report.indexed} newly indexed images "
+                          "(the others' predictions are shown but never filtered on)")
         err_console.print(f'Next: kger search "left ear, tympanic membrane" --store {store}')
 
 
@@ -87,7 +89,8 @@ def results_table(results, title: str) -> Table:
     for col in ("#", "image", "label", "score"):
         t.add_column(col, justify="right" if col in ("#", "score") else "left")
     for r in results:
-        label = r.label or (f"{r.predicted}? ({r.predicted_prob:.2f})" if r.predicted else "-")
+        mark = "" if r.trusted else "?"
+        label = r.label or (f"{r.predicted}{mark} ({r.predicted_prob:.2f})" if r.predicted else "-")
         t.add_row(str(r.rank), r.name, label, f"{r.score:.3f}")
     return t
 
