@@ -99,8 +99,12 @@ class Trust:
                    familiar_at=float(fam["threshold"]), reference=read_reference(ref))
 
     def assess(self, fold_logits: torch.Tensor, feats: torch.Tensor) -> list[Assessment]:
+        """One assessment per image from its fold logits (K, B, C) and frozen-trunk features."""
+        return self.assess_descriptors(fold_logits, trunk_descriptor(feats))
+
+    def assess_descriptors(self, fold_logits: torch.Tensor, desc: torch.Tensor) -> list[Assessment]:
         probs = calibrated_probs(fold_logits, self.temperature)
-        fam = familiarity(trunk_descriptor(feats), self.reference)
+        fam = familiarity(desc, self.reference)
         out = []
         for p, f in zip(probs, fam):
             i = int(np.argmax(p))
