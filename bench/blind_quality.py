@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from retrieval import lexicon  # noqa: E402
 from retrieval.bundle import load_bundle  # noqa: E402
 from retrieval.preprocess import file_sha256, load_for_model  # noqa: E402
-from retrieval.trust import familiarity, trunk_descriptor  # noqa: E402
+from retrieval.trust import descriptor, familiarity  # noqa: E402
 from training.heldout import split_per_class, write_entrep_layout  # noqa: E402
 from training.synthetic import make_gallery  # noqa: E402
 from training.train import train_from_path  # noqa: E402
@@ -73,7 +73,7 @@ def encode(bundle, paths):
         v, z, feats = ens.encode_images_detailed(x)
         vecs.append(v)
         logits.append(z)
-        descs.append(trunk_descriptor(feats))
+        descs.append(descriptor(feats, x, ens.mean, ens.std))
     return np.concatenate(vecs), torch.cat(logits, dim=1), torch.cat(descs)
 
 
@@ -145,7 +145,8 @@ def run_split(seed: int, args, work: Path) -> dict:
     train_paths = [img_dir / n for n in sorted(train)]
     t_vecs, _, _ = encode(bundle, train_paths)
     scores = {}
-    for kind, fn in (("trunk_cosine", lambda v, z, d: familiarity(d, trust.reference)),
+    for kind, fn in (("trunk+colour cosine (used)", lambda v, z, d: familiarity(d, trust.reference)),
+                     ("trunk cosine", lambda v, z, d: familiarity(d[:, :-64], trust.reference[:, :-64])),
                      ("embedding_cosine", lambda v, z, d: (v @ t_vecs.T).max(1)),
                      ("neg_energy", lambda v, z, d: torch.logsumexp(z.mean(0), -1).numpy())):
         per = [fn(*encode(bundle, ps)) for ps in (x_real, grey, synth)]

@@ -56,7 +56,7 @@ class Bundle:
         """The calibration and familiarity reference (retrieval/trust.py), None when the bundle has none."""
         from retrieval.trust import Trust
 
-        return Trust.from_bundle(self.manifest, self.path)
+        return Trust.from_bundle(self.manifest, self.path, self.ensemble.mean, self.ensemble.std)
 
 
 def _sha256(path: Path) -> str:

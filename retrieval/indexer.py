@@ -130,9 +130,10 @@ def index_images(
                 except ImageLoadError as e:
                     skip(p, str(e))
             if tensors:
-                vecs, logits, feats = ens.encode_images_detailed(torch.stack(tensors))
+                x = torch.stack(tensors)
+                vecs, logits, feats = ens.encode_images_detailed(x)
                 probs = None if logits is None else logits.softmax(-1).mean(0).numpy()
-                assessed = trust.assess(logits, feats) if trust is not None and logits is not None else None
+                assessed = trust.assess(logits, feats, x) if trust is not None and logits is not None else None
                 metas = [
                     metadata_for(p, i, labels, ens.classes, None if probs is None else probs[j],
                                  None if assessed is None else assessed[j])

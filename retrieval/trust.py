@@ -6,8 +6,9 @@ the hard constraint) only when both hold:
 - its calibrated probability reaches its class's *trust threshold*: the confidence from which the head's
   out-of-fold predictions of that class were >= 98 % precise (fitted by training/calibrate.py; a class that
   never got there has a threshold above 1 and is never trusted);
-- the image is *familiar*: its frozen-trunk descriptor is at least as close to some training image as the
-  training images are to each other (the threshold is a low quantile of their leave-one-out closeness).
+- the image is *familiar*: its descriptor (frozen-trunk statistics and colour histogram) is about as close
+  to some training image as the training images are to each other (the threshold is a low quantile of
+  their leave-one-out closeness).
 Everything needed at index time lives in the bundle: the manifest's `calibration` block and the training
 images' descriptors in `reference.safetensors`. A bundle without them (untrained, old) trusts nothing.
 """
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 REFERENCE_FILE = "reference.safetensors"
+COLOUR_BINS = 4  # per channel: a 64-bin joint RGB histogram
 NEVER = 1.01  # a trust threshold no probability reaches
 
 
@@ -35,6 +37,27 @@ def trunk_descriptor(feats: torch.Tensor) -> torch.Tensor:
     x = feats.float()
     x = x.flatten(2) if x.ndim == 4 else x.transpose(1, 2)  # (B, C, positions)
     return F.normalize(torch.cat([x.mean(-1), x.std(-1)], dim=-1), dim=-1)
+
+
+def colour_descriptor(x: torch.Tensor, mean, std, bins: int = COLOUR_BINS) -> torch.Tensor:
+    """(B, bins**3) unit vectors: the square root of each model input's joint RGB histogram over its lit
+    pixels (the black surround left out), so a cosine is the Bhattacharyya coefficient of two histograms.
+    Another camera's colour cast, a greyscale frame (all mass on the grey diagonal) or a drawing (a few flat
+    colours) is far from every training frame here even when its shapes are not."""
+    m = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    rgb = (x.float() * s + m).clamp(0, 1)
+    q = (rgb * bins).long().clamp(max=bins - 1)
+    idx = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]  # (B, H, W)
+    lit = rgb.amax(1) > 0.08
+    hist = torch.zeros(len(x), bins**3)
+    hist.scatter_add_(1, idx.flatten(1), lit.flatten(1).float())
+    return F.normalize(hist.clamp(min=0).sqrt(), dim=-1)
+
+
+def descriptor(feats: torch.Tensor, x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Trunk and colour descriptors side by side, each unit, so a cosine is the mean of the two cosines."""
+    return torch.cat([trunk_descriptor(feats), colour_descriptor(x, mean, std)], dim=-1) / 2**0.5
 
 
 def familiarity(desc: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray,
@@ -85,9 +108,12 @@ class Trust:
     thresholds: dict[str, float]
     familiar_at: float
     reference: torch.Tensor  # (N, d) unit rows
+    mean: tuple = (0.5, 0.5, 0.5)  # the model's input normalisation, to read colours back
+    std: tuple = (0.5, 0.5, 0.5)
 
     @classmethod
-    def from_bundle(cls, manifest: dict, path: str | Path) -> Optional["Trust"]:
+    def from_bundle(cls, manifest: dict, path: str | Path, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+                    ) -> Optional["Trust"]:
         """None when the bundle was not calibrated (untrained, no classes, no held-out folds, or older)."""
         cal = manifest.get("calibration") or {}
         fam = cal.get("familiarity") or {}
@@ -96,11 +122,12 @@ class Trust:
             return None
         return cls(classes=tuple(manifest["classes"]), temperature=float(cal["temperature"]),
                    thresholds={c: float(t) for c, t in cal["thresholds"].items()},
-                   familiar_at=float(fam["threshold"]), reference=read_reference(ref))
+                   familiar_at=float(fam["threshold"]), reference=read_reference(ref),
+                   mean=tuple(mean), std=tuple(std))
 
-    def assess(self, fold_logits: torch.Tensor, feats: torch.Tensor) -> list[Assessment]:
-        """One assessment per image from its fold logits (K, B, C) and frozen-trunk features."""
-        return self.assess_descriptors(fold_logits, trunk_descriptor(feats))
+    def assess(self, fold_logits: torch.Tensor, feats: torch.Tensor, x: torch.Tensor) -> list[Assessment]:
+        """One assessment per image from its fold logits (K, B, C), frozen-trunk features and model input."""
+        return self.assess_descriptors(fold_logits, descriptor(feats, x, self.mean, self.std))
 
     def assess_descriptors(self, fold_logits: torch.Tensor, desc: torch.Tensor) -> list[Assessment]:
         probs = calibrated_probs(fold_logits, self.temperature)

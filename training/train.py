@@ -353,7 +353,7 @@ def main(cfg: TrainConfig, *, console: Console | None = None) -> dict:
     if ens.shared_hash() != untrained_shared:
         raise TrainError("the frozen shared trunk changed during training (a bug): refusing to write the bundle")
     metrics = summarize_folds(sorted_results(done)) if any(splits[f][1] for f in range(k)) else {}
-    cal = calibrate(ens, views, splits, [it.name for it in data.items], out) if metrics else {}
+    cal = calibrate(ens, views, splits, [it.path for it in data.items], out) if metrics else {}
     extra["seconds"] = round(time.time() - t0, 1)
     manifest = save_bundle(ens, out, trained=True, metrics=metrics, data_hash=data.data_hash,
                            extra={**extra, "partial": False, "calibration": cal}, folds_written=list(range(k)))
