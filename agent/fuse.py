@@ -11,27 +11,17 @@ from agent.state import Answer, AnswerRow, State
 from retrieval.candidate import Candidate
 from retrieval.lexicon import classes_for
 
-CONFIDENT = 0.5  # a predicted class counts as known from this probability on
-
-
-def known_class(c: Candidate) -> Optional[str]:
-    if c.label:
-        return c.label
-    if c.predicted and (c.predicted_prob or 0) >= CONFIDENT:
-        return c.predicted
-    return None
-
 
 def contradiction(c: Candidate, constraints: dict[str, str]) -> Optional[str]:
     """Why an image's known class contradicts what the description pins down, if it does."""
     if not constraints:
         return None
-    cls = known_class(c)
+    cls = c.known_class()  # the label, or a trusted prediction: an uncertain image is never demoted
     allowed = classes_for(constraints.get("region"), constraints.get("side"), constraints.get("state"))
     if cls is None or cls in allowed:
         return None
     wanted = " ".join(str(v) for v in (constraints.get("side"), constraints.get("region"), constraints.get("state")) if v)
-    return f"{'labelled' if c.label else 'predicted'} {cls}, the description asks for {wanted}"
+    return f"{'labelled' if c.label else 'trusted prediction'} {cls}, the description asks for {wanted}"
 
 
 def fuse(state: State, runtime: Runtime[Context]) -> dict:

@@ -8,6 +8,7 @@ from langgraph.runtime import Runtime
 
 from agent.context import Context
 from agent.state import State
+from agent.tools import filter_tier
 from retrieval.candidate import Candidate
 
 
@@ -26,13 +27,14 @@ def turn_results(messages: list[AnyMessage]) -> tuple[list[list[Candidate]], lis
 
 
 def merge(lists: list[list[Candidate]], limit: int) -> list[Candidate]:
-    """Union over the planner's queries: best score per image; filter matches stay ahead of the rest."""
+    """Union over the planner's queries: best score per image; filter matches first, then images of
+    uncertain class, then those whose known class contradicts a filter (tools.filter_order)."""
     best: dict[str, Candidate] = {}
     for cands in lists:
         for c in cands:
             if c.id not in best or c.score > best[c.id].score:
                 best[c.id] = c
-    ordered = sorted(best.values(), key=lambda c: (c.filter_match is False, -c.score, c.id))[:limit]
+    ordered = sorted(best.values(), key=lambda c: (filter_tier(c), -c.score, c.id))[:limit]
     return [c.model_copy(update={"rank": i}) for i, c in enumerate(ordered, start=1)]
 
 

@@ -28,6 +28,8 @@ class AnswerRow(BaseModel):
     label: Optional[str] = None
     predicted: Optional[str] = None
     predicted_prob: Optional[float] = None
+    trusted: Optional[bool] = Field(default=None, description="whether `predicted` is trusted as a label")
+    familiarity: Optional[float] = Field(default=None, description="closeness to the bundle's training images")
     retrieval_rank: Optional[int] = Field(default=None, description="place in the merged retrieval list")
     retrieval: float = Field(description="ensemble cosine")
     fold_scores: list[float] = Field(default_factory=list)
@@ -44,7 +46,8 @@ class AnswerRow(BaseModel):
     def of(cls, rank: int, cand: Candidate, verdict: Optional[Verdict], fused: FusedRow) -> "AnswerRow":
         return cls(
             rank=rank, id=cand.id, path=cand.path, name=cand.name, label=cand.label, predicted=cand.predicted,
-            predicted_prob=cand.predicted_prob, retrieval_rank=fused.retrieval_rank, retrieval=cand.score,
+            predicted_prob=cand.predicted_prob, trusted=cand.trusted, familiarity=cand.familiarity,
+            retrieval_rank=fused.retrieval_rank, retrieval=cand.score,
             fold_scores=cand.fold_scores, judge=verdict.score if verdict else None,
             judge_kind=verdict.judge if verdict else None, fallback=verdict.fallback if verdict else None,
             cached=verdict.cached if verdict else False, justification=verdict.justification if verdict else "",

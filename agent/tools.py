@@ -18,11 +18,26 @@ from retrieval.lexicon import classes_for
 Region = Literal["ear", "nose", "throat", "larynx"]
 
 
-def _tagged(results: list[Candidate], query: str, matched: Optional[set[str]] = None) -> list[Candidate]:
-    """The tool's candidates: ranked 1.. in this list, with the query and whether they met the filters."""
-    return [r.model_copy(update={"rank": i, "query": query,
-                                 "filter_match": None if matched is None else r.id in matched})
+def _tagged(results: list[Candidate], query: str, classes: Optional[tuple[str, ...]] = None) -> list[Candidate]:
+    """The tool's candidates: ranked 1.. in this list, with the query and whether they met the filters:
+    True when the known class (label or trusted prediction) is allowed, False when it is not, None when
+    there is no filter or the class is not known (an untrusted prediction is never held against an image)."""
+    def match(r: Candidate) -> Optional[bool]:
+        known = r.known_class()
+        return None if classes is None or known is None else known in classes
+
+    return [r.model_copy(update={"rank": i, "query": query, "filter_match": match(r)})
             for i, r in enumerate(results, start=1)]
+
+
+def filter_tier(c: Candidate) -> int:
+    """Soft constraints: 0 matching (label or trusted prediction), 1 uncertain, 2 contradicting."""
+    return {True: 0, None: 1, False: 2}[c.filter_match]
+
+
+def filter_order(cands: list[Candidate]) -> list[Candidate]:
+    """Matching first, then uncertain, then contradicting; the given (score) order within each."""
+    return sorted(cands, key=filter_tier)
 
 
 def _summary(cands: list[Candidate]) -> str:
@@ -46,7 +61,8 @@ def retrieve(
     """Search the endoscopy image library with a short clinical phrase.
 
     Optional filters: region (ear, nose, throat, larynx), side (left/right, ear and nose only), state
-    (open/closed, vocal folds only). Images that satisfy the filters come first, then the best of the rest.
+    (open/closed, vocal folds only). Images known to satisfy the filters come first, then those whose class
+    is uncertain, then those known not to.
     """
     searcher = _searcher()
     k = max(1, min(int(k), 200))
@@ -54,11 +70,12 @@ def retrieve(
     vec = searcher.encode_text(query)
     if classes is None:
         cands = _tagged(searcher.by_vector(vec, k), query)
-    else:
+    else:  # the filter matches labels and trusted predictions only (the indexer's `cls`)
         first = searcher.by_vector(vec, k, classes)
         matched = {r.id for r in first}
         rest = [] if len(first) >= k else [r for r in searcher.by_vector(vec, k) if r.id not in matched]
-        cands = _tagged((first + rest)[:k], query, matched)
+        cands = _tagged(filter_order(_tagged(first, query, classes) + _tagged(rest, query, classes))[:k],
+                        query, classes)
     return _summary(cands), cands
 
 

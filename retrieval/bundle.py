@@ -85,6 +85,13 @@ class Bundle:
     def dim(self) -> int:
         return self.ensemble.dim
 
+    @property
+    def trust(self):
+        """The calibration and familiarity reference (retrieval/trust.py), None when the bundle has none."""
+        from retrieval.trust import Trust
+
+        return Trust.from_bundle(self.manifest, self.path, self.ensemble.mean, self.ensemble.std)
+
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()

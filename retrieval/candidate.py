@@ -25,12 +25,23 @@ class Candidate(BaseModel):
     fold_scores: list[float] = Field(default_factory=list, description="per-fold cosine similarities")
     label: Optional[str] = Field(default=None, description="known ENTRep class, from the labels file")
     predicted: Optional[str] = Field(default=None, description="class predicted by the bundle's classifier head")
-    predicted_prob: Optional[float] = Field(default=None, description="probability of `predicted`")
+    predicted_prob: Optional[float] = Field(default=None, description="calibrated probability of `predicted`")
+    trusted: Optional[bool] = Field(
+        default=None, description="whether `predicted` is trusted as a label (retrieval/trust.py); None: no head")
+    familiarity: Optional[float] = Field(
+        default=None, description="largest cosine to the bundle's training images (frozen-trunk descriptor)")
+    familiar: Optional[bool] = Field(default=None, description="whether `familiarity` passes the bundle's threshold")
+    class_probs: Optional[dict[str, float]] = Field(
+        default=None, description="calibrated probability of every class")
     filter_match: Optional[bool] = Field(
         default=None, description="whether it meets the planner's region/side/state filter (None: no filter)")
     query: Optional[str] = Field(default=None, description="the tool query that found it")
     display: Optional[str] = Field(default=None, exclude=True,
                                    description="how a person sees it: `exam.mp4 @ 00:01:23` for a video frame")
+
+    def known_class(self) -> Optional[str]:
+        """The class filters and the hard constraint may rely on: the label, else a trusted prediction."""
+        return self.label or (self.predicted if self.trusted else None)
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -92,16 +92,22 @@ class FoldEnsemble(nn.Module):
     @torch.no_grad()
     def encode_images(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         """(B, K*D) concatenated unit vectors / sqrt(K), and (B, C) class probabilities averaged over folds."""
+        vec, logits, _ = self.encode_images_detailed(x)
+        return vec, (logits.softmax(-1).mean(0).numpy() if logits is not None else None)
+
+    @torch.no_grad()
+    def encode_images_detailed(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor | None, torch.Tensor]:
+        """One trunk pass: the stored vectors, every fold's class logits (K, B, C) and the frozen trunk's
+        features (what retrieval/trust.py calibrates and measures familiarity on)."""
         feats = self.image_trunk(x)
-        parts, probs = [], []
+        parts, logits = [], []
         for top in self.image_tops:
             emb, pooled = top(feats)
             parts.append(F.normalize(emb, dim=-1))
             if top.classifier is not None:
-                probs.append(top.classifier(pooled).softmax(-1))
+                logits.append(top.classifier(pooled))
         vec = torch.cat(parts, dim=-1) / math.sqrt(self.folds)
-        p = torch.stack(probs).mean(0).numpy() if probs else None
-        return vec.float().numpy(), p
+        return vec.float().numpy(), (torch.stack(logits) if logits else None), feats
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -7,6 +7,7 @@ frame (retrieval/video.py); `plan_items` and `encode_batch` are shared with the 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import stat
@@ -31,6 +32,7 @@ QUIET_SUFFIXES = frozenset({".json", ".jsonl", ".csv", ".txt", ".md", ".html", "
 class IndexReport:
     indexed: int = 0
     present: int = 0
+    trusted: int = 0  # newly indexed images whose predicted class is trusted (retrieval/trust.py)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, same content as path)
 
@@ -80,17 +82,23 @@ def find_images(root: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
     return found, odd
 
 
-def metadata_for(path: Path, sha: str, labels: dict[str, str], classes, probs, base: Optional[dict] = None) -> dict:
-    """`base` is a video frame's own metadata (its JPEG, video and time); frames take no file-name labels."""
+def metadata_for(path: Path, sha: str, labels: dict[str, str], classes, probs, base: Optional[dict] = None,
+                 assessed=None) -> dict:
+    """The record's metadata. `base` is a video frame's own (its JPEG, video and time); frames take no
+    file-name labels. `cls` (what filters match) is the label, else a *trusted* prediction only
+    (retrieval/trust.py): an untrusted prediction is stored for display and the judge, never filtered on."""
     meta = dict(base) if base else {"path": str(path.resolve()), "name": path.name, "sha256": sha}
     label = None if base else labels.get(path.name)
     if label:
         meta.update(label=label, cls=label, cls_source="label")
-    if probs is not None and classes:
+    if assessed is not None:
+        meta.update(predicted=assessed.predicted, predicted_prob=assessed.prob, trusted=assessed.trusted,
+                    familiarity=assessed.familiarity, familiar=assessed.familiar, class_probs=json.dumps(assessed.probs))
+        if not label and assessed.trusted:
+            meta.update(cls=assessed.predicted, cls_source="trusted")
+    elif probs is not None and classes:  # an uncalibrated bundle: shown, never trusted
         i = int(np.argmax(probs))
-        meta.update(predicted=classes[i], predicted_prob=float(probs[i]))
-        if not label:
-            meta.update(cls=classes[i], cls_source="predicted")
+        meta.update(predicted=classes[i], predicted_prob=float(probs[i]), trusted=False)
     return meta
 
 
@@ -135,8 +143,9 @@ def plan_items(
     return items
 
 
-def encode_batch(ens, chunk: list[Item], labels: dict[str, str], load: Callable = None):
-    """Encode one batch: (ids, vectors, metadatas, [(path, reason) skipped]). `load(path)` may be a pool's map."""
+def encode_batch(ens, chunk: list[Item], labels: dict[str, str], load: Callable = None, trust=None):
+    """Encode one batch: (ids, vectors, metadatas, [(path, reason) skipped]). `load(path)` may be a pool's map;
+    `trust` (retrieval/trust.py, from a calibrated bundle) decides which predictions may act like labels."""
     size, mean, std = ens.spec.image_size, ens.mean, ens.std
     results = (load or (lambda ps: [_try_load(p, size, mean, std) for p in ps]))([p for _, p, _ in chunk])
     ok, tensors, skipped = [], [], []
@@ -148,9 +157,14 @@ def encode_batch(ens, chunk: list[Item], labels: dict[str, str], load: Callable 
             tensors.append(got)
     if not tensors:
         return [], None, [], skipped
-    vecs, probs = ens.encode_images(torch.stack(tensors))
+    x = torch.stack(tensors)
+    with torch.no_grad():
+        vecs, logits, feats = ens.encode_images_detailed(x)
+        probs = None if logits is None else logits.softmax(-1).mean(0).numpy()
+        assessed = trust.assess(logits, feats, x) if trust is not None and logits is not None else None
     metas = [
-        metadata_for(p, i, labels, ens.classes, None if probs is None else probs[j], base)
+        metadata_for(p, i, labels, ens.classes, None if probs is None else probs[j], base,
+                     None if assessed is None else assessed[j])
         for j, (i, p, base) in enumerate(ok)
     ]
     return [i for i, _, _ in ok], vecs, metas, skipped
@@ -175,6 +189,7 @@ def index_images(
     on_skip: Optional[Callable[[str, str], None]] = None,
     every: float = 1.0,
     frames_dir: Optional[Path] = None,
+    trust=None,
 ) -> IndexReport:
     """Encode and upsert every image and kept video frame under `root` that the gallery does not hold yet."""
     labels = labels or {}
@@ -203,12 +218,13 @@ def index_images(
 
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            ids, vecs, metas, skipped = encode_batch(ens, chunk, labels, load)
+            ids, vecs, metas, skipped = encode_batch(ens, chunk, labels, load, trust)
             for p, why in skipped:
                 skip(p, why)
             if ids:
                 gallery.upsert(ids, vecs, metas)
                 report.indexed += len(ids)
+                report.trusted += sum(m.get("trusted") is True for m in metas)
                 log.info("stored batch of %d (%d new so far)", len(ids), report.indexed)
             done += len(chunk)
             if on_progress:

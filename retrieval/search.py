@@ -1,6 +1,7 @@
 """Search a gallery with the ensemble that indexed it: text -> images and image -> images."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -20,6 +21,14 @@ def bound_bundle(gallery) -> dict:
     if bound is None:
         raise BundleError(f"store '{gallery.name}' is empty; run `kger index IMAGES --bundle DIR --store {gallery.name}`")
     return bound
+
+
+def _class_probs(stored) -> Optional[dict[str, float]]:
+    """Chroma metadata holds scalars only, so the indexer stores the class probabilities as JSON."""
+    try:
+        return {str(k): float(v) for k, v in json.loads(stored).items()} if stored else None
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 class Searcher:
@@ -59,6 +68,8 @@ class Searcher:
                 rank=rank, id=h.id, path=m.get("path", ""), score=float(h.score),
                 fold_scores=[round(float(x), 6) for x in fs], label=m.get("label"),
                 predicted=m.get("predicted"), predicted_prob=m.get("predicted_prob"), display=display_name(m),
+                trusted=m.get("trusted"), familiarity=m.get("familiarity"), familiar=m.get("familiar"),
+                class_probs=_class_probs(m.get("class_probs")),
             ))
         return out
 

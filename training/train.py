@@ -44,6 +44,7 @@ from retrieval.errors import KgerError
 from retrieval.metrics import summarize
 from training.augment import AugmentConfig
 from training.cache import TextCache, ViewCache, build_text_cache, build_view_cache, view_texts
+from training.calibrate import calibrate
 from training.config import PRESETS, SELECTABLE, TrainConfig, TrainError, make_config  # noqa: F401 (PRESETS: re-exported)
 from training.data import Dataset, load_dataset
 from training.folds import assign_folds, clamp_folds, holdout, split
@@ -352,12 +353,15 @@ def main(cfg: TrainConfig, *, console: Console | None = None) -> dict:
     if ens.shared_hash() != untrained_shared:
         raise TrainError("the frozen shared trunk changed during training (a bug): refusing to write the bundle")
     metrics = summarize_folds(sorted_results(done)) if any(splits[f][1] for f in range(k)) else {}
+    cal = calibrate(ens, views, splits, [it.path for it in data.items], out) if metrics else {}
     extra["seconds"] = round(time.time() - t0, 1)
     manifest = save_bundle(ens, out, trained=True, metrics=metrics, data_hash=data.data_hash,
-                           extra={**extra, "partial": False}, folds_written=list(range(k)))
+                           extra={**extra, "partial": False, "calibration": cal}, folds_written=list(range(k)))
     (out / PROGRESS).unlink(missing_ok=True)
     if metrics:
         console.print(metrics_table(metrics))
+        console.print(f"class head: temperature {cal.get('temperature')}, ECE {cal.get('ece_before')} -> "
+                      f"{cal.get('ece_after')} (out of fold); trust thresholds {cal.get('thresholds')}")
     else:
         console.print("no held-out images (K=1, val_fraction=0): the last epoch was kept, nothing was validated")
     console.print(f"bundle written to {out} ({k} folds, fingerprint {manifest['fingerprint']}) "

@@ -72,8 +72,9 @@ def evaluate(
     k: Annotated[int, typer.Option("--k", "-k", min=1, max=1000,
                                    help="Candidates per query; every stage is ranked over these.")] = 20,
     labels: Annotated[Optional[Path], typer.Option(
-        "--labels", help="cls.json or CSV giving each image's class for class-level ground truth "
-                         "(default: the labels the store was indexed with).")] = None,
+        "--labels", help="cls.json or CSV giving each image's class for class-level ground truth; it decides "
+                         "which classes exist (any granularity). Region names (ear, nose, throat, larynx) are "
+                         "accepted as truth too. Default: the labels the store was indexed with.")] = None,
     tune_fusion: Annotated[bool, typer.Option(
         "--tune-fusion", help="Search fusion settings on one half of the queries, report them on the other.")] = False,
     split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of the tune/test split.")] = 0,

@@ -22,6 +22,7 @@ from agent.cli.queries import Truth
 from agent.posfuse import STRATEGIES, FuseConfig, rank
 from agent.state import Answer, AnswerRow
 from retrieval.errors import InputError
+from retrieval.lexicon import SITES, classes_for
 from retrieval.metrics import summarize
 
 STAGES = ("ensemble", "retrieval", "judge", "fused")
@@ -95,12 +96,12 @@ def resolve_truth(
         relevant: set[str] = set()
         missing = []
         for img in t.images:
-            found = _lookup(names, img)
+            found = _lookup(names, img) or by_class.get(img, set())  # a class the labels file defines
             relevant |= found
             if not found:
                 missing.append(img)
         for cls in t.classes:
-            found = by_class.get(cls, set())
+            found = class_members(by_class, cls)
             relevant |= found
             if not found:
                 missing.append(f"class {cls}")
@@ -110,6 +111,16 @@ def resolve_truth(
             excluded.append({"query": t.query, "line": t.line,
                              "reason": "not in the store: " + ", ".join(missing)})
     return resolved, excluded
+
+
+def class_members(by_class: dict[str, set[str]], name: str) -> set[str]:
+    """Images of a truth class: labelled with it, or, for a region (ear / nose / throat / larynx), labelled
+    with any class of that region. The labels decide which classes exist, so any granularity can be scored."""
+    found = set(by_class.get(name, set()))
+    if name in SITES:
+        for cls in classes_for(name):
+            found |= by_class.get(cls, set())
+    return found
 
 
 # -- stages ------------------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def index(
         hooks = dict(
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
             on_skip=lambda p, why: err_console.print(line("[yellow]skipped[/yellow] ", literal(f"{p}: {why}"))),
-            every=every_s, frames_dir=home_dir / "frames",
+            every=every_s, frames_dir=home_dir / "frames", trust=loaded.trust,
         )
         if ray:
             from agent.cli.ray_index import index_on_ray
@@ -93,7 +93,7 @@ def index(
         "store": store, "indexed": report.indexed, "already_present": report.present,
         "skipped": [{"path": p, "reason": r} for p, r in report.skipped],
         "duplicates": [{"path": p, "same_as": s} for p, s in report.duplicates],
-        "count": gallery.count(), "bundle": loaded.fingerprint,
+        "count": gallery.count(), "bundle": loaded.fingerprint, "trusted_predictions": report.trusted,
     }
     if json_out:
         print_json(summary)
@@ -101,6 +101,8 @@ def index(
         out_console.print(literal(
             f"Store '{store}': {report.indexed} indexed, {report.present} already present, "
             f"{len(report.skipped)} skipped, {len(report.duplicates)} duplicate files; {summary['count']} images in all."))
+        out_console.print(f"Trusted predicted classes: {report.trusted} of {report.indexed} newly indexed images "
+                          "(the others' predictions are shown but never filtered on)")
         err_console.print(f'Next: kger search "left ear, tympanic membrane" --store {store}')
 
 
@@ -109,7 +111,8 @@ def results_table(results, title: Text) -> Table:
     for col in ("#", "image", "label", "score"):
         t.add_column(col, justify="right" if col in ("#", "score") else "left")
     for r in results:
-        label = r.label or (f"{r.predicted}? ({r.predicted_prob:.2f})" if r.predicted else "-")
+        mark = "" if r.trusted else "?"
+        label = r.label or (f"{r.predicted}{mark} ({r.predicted_prob:.2f})" if r.predicted else "-")
         t.add_row(str(r.rank), literal(r.name), literal(label), f"{r.score:.3f}")
     return t
 

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional
 
 from agent.cli.render import plural
 from retrieval.errors import InputError
-from retrieval.lexicon import CLASSES
+from retrieval.lexicon import CLASSES, SITES
 
 MAX_QUERY_CHARS = 2000  # a description longer than this is a pasted document, not a query
 QUERY_COLUMNS = ("query", "text", "description", "caption")
@@ -243,9 +243,11 @@ def read_queries(path: str | Path) -> Parsed:
 # -- ground truth ----------------------------------------------------------------------------------------
 
 def class_name(value: str) -> Optional[str]:
-    """The ENTRep class a value names ('ear-left', 'Ear_Left', 'ear left'), or None."""
+    """The ENTRep class ('ear-left', 'Ear_Left', 'ear left') or region ('ear', 'Larynx') a value names, or None.
+
+    A region is region-level truth: every image of a class in that region is relevant."""
     norm = re.sub(r"[\s_]+", "-", value.strip().lower())
-    return norm if norm in CLASSES else None
+    return norm if norm in CLASSES or norm in SITES else None
 
 
 def image_name(value: str) -> str:

@@ -38,10 +38,20 @@ def fold_agreement(candidates: Sequence[Candidate], top_k: int) -> dict[str, tup
 
 
 def _consistency(parsed: ParsedQuery, cand: Candidate) -> tuple[float, str, Optional[str]]:
-    """(score, sentence, class seen) from the label if known, else the prediction weighed by its probability."""
+    """(score, sentence, class seen) from the label if known; else the expected consistency under the
+    calibrated class probabilities, shrunk to neutral for an image unlike the training images (whose
+    probabilities were never measured); else the bare prediction weighed by its probability."""
     if cand.label:
         score, reason = class_consistency(parsed, cand.label)
         return score, f"Labelled {cand.label}: {reason}.", cand.label
+    if cand.class_probs:
+        expected = sum(p * class_consistency(parsed, c)[0] for c, p in cand.class_probs.items())
+        asked = sum(p for c, p in cand.class_probs.items() if class_consistency(parsed, c)[0] > 0)
+        if cand.familiar is False:
+            return NEUTRAL, (f"Predicted {cand.predicted}, but the image is unlike the training images "
+                             f"(familiarity {cand.familiarity:.2f}), so class consistency is neutral (0.5)."), None
+        return expected, (f"Calibrated P(what the description asks) = {asked:.2f} (predicted {cand.predicted}"
+                          f"{', trusted' if cand.trusted else ''})."), cand.predicted
     if cand.predicted:
         p = NEUTRAL if cand.predicted_prob is None else min(max(cand.predicted_prob, 0.0), 1.0)
         score, reason = class_consistency(parsed, cand.predicted)

@@ -1,0 +1,225 @@
+"""Blind quality on the 70 real ENTRep images: does each stage add, and is a trusted prediction right?
+
+Run on demand (minutes per split; not a test):
+
+    PYTHONPATH=$PWD python bench/blind_quality.py                    # 3 seeded splits, defaults below
+    PYTHONPATH=$PWD python bench/blind_quality.py --folds 10 --epochs 50 --views 8   # `kger train` defaults
+    PYTHONPATH=$PWD python bench/blind_quality.py --tune-fusion --json out.json
+
+Per seeded split: 6 training / 4 held-out images per class (byte-identical files kept on one side,
+training/heldout.py), `kger train`, the held-out images indexed blind (`kger index --no-labels`), then
+`kger eval --labels held/cls.json` (offline planner and judge) on
+- the 7 plain class names ("left ear", ..., class-level truth), and
+- the ENTRep descriptions whose image's class is known (annotations t2i.json joined with cls.json), scored at
+  region level (ear / nose / throat / larynx: R@1 = the top-1 image is from the right region);
+plus image-to-image class P@5 among the held-out images, the head's ECE before/after calibration, how many
+held-out images get a trusted prediction and how many of those are right, and how well three familiarity
+scores separate held-out real images from greyscale copies of them and the demo's synthetic drawings (AUROC).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from retrieval import lexicon  # noqa: E402
+from retrieval.bundle import load_bundle  # noqa: E402
+from retrieval.preprocess import file_sha256, load_for_model  # noqa: E402
+from retrieval.trust import descriptor, familiarity  # noqa: E402
+from training.heldout import split_per_class, write_entrep_layout  # noqa: E402
+from training.synthetic import make_gallery  # noqa: E402
+from training.train import train_from_path  # noqa: E402
+
+ENTREP = Path(os.environ.get("KGER_ENTREP_DIR", ROOT.parent / "shared" / "data" / "entrep"))
+ANN = ENTREP / "annotations" / "data" / "train" / "train"
+STAGES = ("ensemble", "retrieval", "judge", "fused")
+
+
+def kger(*args: str, home: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "KGER_HOME": str(home)}
+    out = subprocess.run([sys.executable, "-c", "from agent.cli import main; main()", *args, "--json"],
+                         capture_output=True, text=True, env=env, cwd=ROOT)
+    if out.returncode:
+        raise SystemExit(f"kger {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout)
+
+
+def region_truth() -> dict[str, str]:
+    """ENTRep description -> region of its image, for the descriptions whose image has a class."""
+    t2i = json.loads((ANN / "t2i.json").read_text())
+    cls = json.loads((ANN / "cls.json").read_text())
+    site_of = {c: s for s in lexicon.SITES for c in lexicon.classes_for(s)}
+    return {q: site_of[cls[img]] for q, img in t2i.items() if img in cls}
+
+
+@torch.no_grad()
+def encode(bundle, paths):
+    """Vectors, fold logits and trunk descriptors of image files (or PIL images)."""
+    ens = bundle.ensemble
+    vecs, logits, descs = [], [], []
+    for i in range(0, len(paths), 16):
+        x = torch.stack([load_for_model(p, ens.spec.image_size, ens.mean, ens.std) for p in paths[i:i + 16]])
+        v, z, feats = ens.encode_images_detailed(x)
+        vecs.append(v)
+        logits.append(z)
+        descs.append(descriptor(feats, x, ens.mean, ens.std))
+    return np.concatenate(vecs), torch.cat(logits, dim=1), torch.cat(descs)
+
+
+def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(a familiar image scores above an unfamiliar one), ties counting half."""
+    pos, neg = np.asarray(pos)[:, None], np.asarray(neg)[None, :]
+    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
+
+
+def i2i_p5(vecs: np.ndarray, classes: list[str]) -> float:
+    sims = vecs @ vecs.T
+    np.fill_diagonal(sims, -np.inf)
+    hits = [np.mean([classes[j] == classes[i] for j in np.argsort(-row)[:5]]) for i, row in enumerate(sims)]
+    return float(np.mean(hits))
+
+
+def greyscale_copies(paths: list[Path], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for p in paths:
+        q = out / f"grey-{p.stem}.png"
+        Image.open(p).convert("L").convert("RGB").save(q)
+        copies.append(q)
+    return copies
+
+
+def run_split(seed: int, args, work: Path) -> dict:
+    img_dir = ENTREP / "train" / "imgs"
+    labels = json.loads((ENTREP / "train" / "cls.json").read_text())
+    train, held = split_per_class(labels, img_dir, 6, seed)
+    root = work / f"split{seed}"
+    write_entrep_layout(root / "train", train, img_dir)
+    write_entrep_layout(root / "held", held, img_dir)
+    bundle_dir = root / "bundle"
+    manifest = train_from_path(root / "train", bundle_dir, folds=args.folds, epochs=args.epochs, views=args.views,
+                               seed=seed, progress=False)
+    home, store = root / "home", f"blind{seed}"
+    index = kger("index", str(root / "held" / "imgs"), "--bundle", str(bundle_dir), "--no-labels", "--store", store,
+                 home=home)
+    gts = {"classes": root / "classes.json", "entrep": root / "entrep_regions.json"}
+    gts["classes"].write_text(json.dumps({lexicon.class_description(c): c for c in lexicon.CLASSES}))
+    gts["entrep"].write_text(json.dumps(region_truth()))
+    evals = {}
+    for name, gt in gts.items():
+        extra = ["--tune-fusion"] if args.tune_fusion else []
+        evals[name] = kger("eval", str(gt), "--labels", str(root / "held" / "cls.json"), "--store", store,
+                           "--k", str(args.k), *extra, home=home)
+
+    bundle = load_bundle(bundle_dir)
+    trust = bundle.trust
+    names = sorted({file_sha256(img_dir / n): n for n in held}.values())  # one name per distinct file
+    truth = [held[n] for n in names]
+    x_real = [img_dir / n for n in names]
+    vecs, logits, descs = encode(bundle, x_real)
+    assessed = trust.assess_descriptors(logits, descs)
+    trusted = [(a, t) for a, t in zip(assessed, truth) if a.trusted]
+    site_of = {c: s for s in lexicon.SITES for c in lexicon.classes_for(s)}
+
+    def region_side(c: str) -> tuple:
+        return site_of[c], (c.split("-")[1] if site_of[c] in ("ear", "nose") else None)
+
+    # unfamiliar inputs: greyscale copies of the held-out frames and the demo's synthetic gallery
+    grey = greyscale_copies(x_real, root / "grey")
+    synth_dir = root / "synthetic"
+    if not synth_dir.exists():
+        make_gallery(synth_dir, per_class=4, seed=seed)
+    synth = sorted(synth_dir.rglob("*.png"))
+    a_grey, a_synth = _assess(bundle, grey), _assess(bundle, synth)
+    train_paths = [img_dir / n for n in sorted(train)]
+    t_vecs, _, _ = encode(bundle, train_paths)
+    scores = {}
+    for kind, fn in (("trunk+colour cosine (used)", lambda v, z, d: familiarity(d, trust.reference)),
+                     ("trunk cosine", lambda v, z, d: familiarity(d[:, :-64], trust.reference[:, :-64])),
+                     ("embedding_cosine", lambda v, z, d: (v @ t_vecs.T).max(1)),
+                     ("neg_energy", lambda v, z, d: torch.logsumexp(z.mean(0), -1).numpy())):
+        per = [fn(*encode(bundle, ps)) for ps in (x_real, grey, synth)]
+        scores[kind] = {"auroc_vs_grey": auroc(per[0], per[1]), "auroc_vs_synthetic": auroc(per[0], per[2])}
+    cal = manifest.get("calibration") or {}
+    return {
+        "seed": seed, "n_train": len(train), "n_held": len(names), "indexed": index["indexed"],
+        "index_trusted": index.get("trusted_predictions"),
+        "stages": {name: {s: {m: doc["stages"][s][m] for m in ("R@1", "MRR")} for s in STAGES if s in doc["stages"]}
+                   for name, doc in evals.items()},
+        "evaluated": {name: doc["evaluated"] for name, doc in evals.items()},
+        "tune_fusion": {name: doc.get("tune_fusion") for name, doc in evals.items()} if args.tune_fusion else None,
+        "i2i_p5": i2i_p5(vecs, truth),
+        "ece_before": cal.get("ece_before"), "ece_after": cal.get("ece_after"), "temperature": cal.get("temperature"),
+        "thresholds": cal.get("thresholds"), "familiar_at": (cal.get("familiarity") or {}).get("threshold"),
+        "held_familiar": sum(a.familiar for a in assessed),
+        "trusted": len(trusted), "trusted_right_class": sum(a.predicted == t for a, t in trusted),
+        "trusted_right_region_side": sum(region_side(a.predicted) == region_side(t) for a, t in trusted),
+        "grey_untrusted": f"{sum(not a.trusted for a in a_grey)}/{len(a_grey)}",
+        "synthetic_untrusted": f"{sum(not a.trusted for a in a_synth)}/{len(a_synth)}",
+        "grey_unfamiliar": f"{sum(not a.familiar for a in a_grey)}/{len(a_grey)}",
+        "synthetic_unfamiliar": f"{sum(not a.familiar for a in a_synth)}/{len(a_synth)}",
+        "familiarity_separation": scores,
+    }
+
+
+def _assess(bundle, paths):
+    _, logits, descs = encode(bundle, paths)
+    return bundle.trust.assess_descriptors(logits, descs)
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| split | query set | " + " | ".join(f"{s} R@1 / MRR" for s in STAGES) + " |",
+             "|---|---|" + "---|" * len(STAGES)]
+    for r in results:
+        for name, st in r["stages"].items():
+            cells = [f"{st[s]['R@1']:.2f} / {st[s]['MRR']:.2f}" if s in st else "-" for s in STAGES]
+            lines.append(f"| {r['seed']} | {name} ({r['evaluated'][name]}) | " + " | ".join(cells) + " |")
+    lines += ["", "| split | i2i P@5 | ECE before -> after | T | held familiar | trusted (right class / region+side) "
+                  "| grey untrusted | synthetic untrusted |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['seed']} | {r['i2i_p5']:.2f} | {r['ece_before']} -> {r['ece_after']} | {r['temperature']} "
+                     f"| {r['held_familiar']}/{r['n_held']} | {r['trusted']}/{r['n_held']} ({r['trusted_right_class']} "
+                     f"/ {r['trusted_right_region_side']}) | {r['grey_untrusted']} | {r['synthetic_untrusted']} |")
+    lines += ["", "| split | familiarity score | AUROC held-out vs greyscale | AUROC held-out vs synthetic |",
+              "|---|---|---|---|"]
+    for r in results:
+        for kind, s in r["familiarity_separation"].items():
+            lines.append(f"| {r['seed']} | {kind} | {s['auroc_vs_grey']:.3f} | {s['auroc_vs_synthetic']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--views", type=int, default=4)
+    ap.add_argument("--k", type=int, default=20, help="candidates per query")
+    ap.add_argument("--tune-fusion", action="store_true")
+    ap.add_argument("--work", type=Path, default=None, help="keep bundles and stores here (reused when rerun)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="kger-blind-"))
+    results = []
+    for seed in args.seeds:
+        results.append(run_split(seed, args, work))
+        print(f"split {seed} done", file=sys.stderr, flush=True)
+    print(f"folds {args.folds}, epochs {args.epochs}, views {args.views}, k {args.k}; work dir {work}\n")
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
