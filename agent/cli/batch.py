@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from agent.cli.common import (
-    BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, PoolOpt, StoreOpt, check_llm, err_console,
-    open_assistant, out_console, print_json, progress, report_skipped, set_home,
+    BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, PoolOpt, SHOWN, StoreOpt, check_llm,
+    err_console, open_assistant, out_console, print_json, progress, report_skipped, set_home,
 )
 from retrieval.errors import InputError
 
@@ -133,9 +134,15 @@ def answer_line(query: Query, answer: Answer, store: str, k: int) -> dict:
             "rows": [r.model_dump() for r in answer.rows], "timings": answer.timings, "error": None}
 
 
-def error_line(query: Query, error: BaseException, llm: str, store: str, k: int) -> dict:
-    return {"query": query.text, "line": query.line, "run_id": None, "thread_id": None, "llm": llm, "store": store,
-            "k": k, "constraints": {}, "rows": [], "timings": {}, "error": f"{type(error).__name__}: {error}"}
+def error_line(query: Query, failed: BaseException | Answer, llm: str, store: str, k: int) -> dict:
+    """The line of a query that got no answer: an exception, or an answer whose store or model failed (its run
+    id leads to the trace). A rerun retries every line with an error."""
+    if isinstance(failed, BaseException):
+        run_id, error = None, f"{type(failed).__name__}: {failed}"
+    else:
+        run_id, error = failed.run_id, failed.error or "the turn failed"
+    return {"query": query.text, "line": query.line, "run_id": run_id, "thread_id": None, "llm": llm, "store": store,
+            "k": k, "constraints": {}, "rows": [], "timings": {}, "error": error}
 
 
 def batch(
@@ -188,12 +195,14 @@ def batch(
                 task = bar.add_task("Answering", total=len(todo))
                 for q in todo:
                     try:
-                        doc = answer_line(q, assistant.ask(q.text, kind="batch"), store, k)
+                        ans = assistant.ask(q.text, kind="batch")
+                        doc = answer_line(q, ans, store, k) if ans.status == "ok" else error_line(q, ans, llm, store, k)
                     except Exception as e:  # one bad query must not stop the other hundreds
                         doc = error_line(q, e, llm, store, k)
+                    if doc["error"]:
                         stats["failed"] += 1
                         failures.append({"query": q.text, "line": q.line, "error": doc["error"]})
-                        err_console.print(f"[red]failed[/red] {parsed.unit} {q.line}: {doc['error']}")
+                        err_console.print(f"[red]failed[/red] {parsed.unit} {q.line}: {escape(doc['error'])}")
                     else:
                         stats["done"] += 1
                         fb = sum(1 for r in doc["rows"] if r.get("fallback"))
@@ -209,8 +218,14 @@ def batch(
 
     results, _ = read_results(out)
     in_order = [results[q.text] for q in parsed.items if q.text in results]
+    unanswered = []
     if submission_path:
-        _write_atomic(submission_path, json.dumps(submission(in_order), indent=2, ensure_ascii=False) + "\n")
+        sub = submission(in_order)
+        _write_atomic(submission_path, json.dumps(sub, indent=2, ensure_ascii=False) + "\n")
+        unanswered = [{parsed.unit: q.line, "query": q.text,
+                       "error": (results.get(q.text) or {}).get("error") or ("no answer yet" if q.text not in results
+                                                                            else "no image found")}
+                      for q in parsed.items if q.text not in sub]
     if report:
         from agent.cli.report import render_batch
 
@@ -224,6 +239,7 @@ def batch(
         "answered_in_file": sum(1 for d in in_order if not d.get("error")),
         "submission": str(submission_path) if submission_path else None,
         "report": str(report) if report else None, "failures": failures,
+        "unanswered_in_submission": unanswered,
     }
     if json_out:
         print_json(summary)
@@ -235,6 +251,11 @@ def batch(
         for path, what in ((submission_path, "submission"), (report, "report")):
             if path:
                 out_console.print(f"{what}: {path}")
+    for u in unanswered[:SHOWN]:  # the submission is incomplete: every missing query is named
+        err_console.print(f"[yellow]not in the submission[/yellow] {parsed.unit} {u[parsed.unit]}: "
+                          f"{escape(u['query'])} ({escape(u['error'])})")
+    if len(unanswered) > SHOWN:
+        err_console.print(f"... and {len(unanswered) - SHOWN} more queries not in the submission (all listed in --json)")
     if interrupted:
         err_console.print(f"Interrupted: rerun the same command to finish ({out} keeps every finished query).")
         raise typer.Exit(130)

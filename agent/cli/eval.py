@@ -116,6 +116,8 @@ def evaluate(
         for truth, relevant in resolved:
             try:
                 answer = assistant.ask(truth.query, kind="eval")
+                if answer.status == "error":  # a store or model failure is a failed query, not an empty ranking
+                    raise RuntimeError(answer.error)
                 ensemble = [r.id for r in assistant.searcher.text(truth.query, k=k)]
             except Exception as e:
                 failed.append({"query": truth.query, "error": f"{type(e).__name__}: {e}"})
