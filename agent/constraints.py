@@ -90,8 +90,9 @@ def enforce(calls: list[dict], constraints: dict[str, str]) -> tuple[list[dict],
             want, have = constraints.get(key), args.get(key)
             if want is None or have == want:
                 continue
-            conflicts.append({"call": c.get("id"), "tool": c["name"], "query": args.get("query") or args.get("image"), "filter": key, "description": want,
-                              "planner": have, "kind": "dropped" if have is None else "contradicted"})
+            conflicts.append({"call": c.get("id"), "tool": c["name"], "query": args.get("query") or args.get("image"),
+                              "filter": key, "description": want, "planner": have,
+                              "kind": "dropped" if have is None else "contradicted"})
             args[key] = want
         out.append({**c, "args": args})
     return out, conflicts
