@@ -11,7 +11,7 @@ import sqlite3
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -152,8 +152,12 @@ class Assistant:
                 "planner": type(self.planner).__name__, "judge": getattr(self.judge, "name", "?"),
                 "judge_model": judge_model, "fusion": self.fuse.strategy}
 
-    def ask(self, question: str, thread_id: Optional[str] = None, kind: str = "ask") -> Answer:
+    def ask(self, question: str, thread_id: Optional[str] = None, kind: str = "ask",
+            on_event: Optional[Callable[[str, dict], None]] = None) -> Answer:
         """Run one turn; returns the answer (rows with retrieval / judge / fused scores) with its run id.
+
+        `on_event(kind, payload)` sees the turn as it runs: ("node", {node, ms}) as each node finishes and
+        ("progress", {...}) from the nodes' custom stream (the judge's "judged 7/20").
 
         With a `thread_id` the turn continues (and is kept in) that conversation thread, as the chat does.
         Without one it is a one-shot (ask, batch, eval): it runs on an in-memory checkpointer and its thread
@@ -178,13 +182,19 @@ class Assistant:
         seen: dict[str, Any] = {}  # the turn's state so far, from the updates
         t0 = last = time.perf_counter()
         try:
-            for update in graph.stream({"messages": [HumanMessage(content=question)]}, config=config,
-                                       context=ctx, stream_mode="updates"):
+            for mode, update in graph.stream({"messages": [HumanMessage(content=question)]}, config=config,
+                                             context=ctx, stream_mode=["updates", "custom"]):
+                if mode == "custom":
+                    if on_event is not None:
+                        on_event("progress", update)
+                    continue
                 now = time.perf_counter()
                 for node, values in update.items():
                     timings[node] = round((now - last) * 1000, 2)
                     seen.update(values or {})
                     self._record(run_id, node, values or {}, seen, timings[node])
+                    if on_event is not None:
+                        on_event("node", {"node": node, "ms": timings[node]})
                 last = now
             state = graph.get_state(config).values
         except Exception as e:

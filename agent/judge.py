@@ -1,6 +1,8 @@
 """The judge node: merge this turn's tool results into one candidate list and score every candidate."""
 from __future__ import annotations
 
+import inspect
+
 from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
 from langgraph.runtime import Runtime
 
@@ -34,9 +36,26 @@ def merge(lists: list[list[Candidate]], limit: int) -> list[Candidate]:
     return [c.model_copy(update={"rank": i}) for i, c in enumerate(ordered, start=1)]
 
 
+def _judge_with_progress(judge, question: str, candidates: list, write) -> list:
+    """Score the candidates; "judged i/n" goes out on the graph's custom stream (a CLI shows it, serve streams
+    it). Judges that report each verdict take `on_progress`; the others report at the start and the end."""
+    n = len(candidates)
+
+    def progress(done: int) -> None:
+        write({"stage": "judge", "judged": done, "total": n})
+
+    progress(0)
+    if "on_progress" in inspect.signature(judge.judge).parameters:
+        verdicts = judge.judge(question, candidates, on_progress=progress)
+    else:
+        verdicts = judge.judge(question, candidates)
+    progress(n)
+    return verdicts
+
+
 def judge(state: State, runtime: Runtime[Context]) -> dict:
     ctx = runtime.context
     lists, errors = turn_results(state.messages)
     candidates = merge(lists, ctx.pool)
-    verdicts = ctx.judge.judge(state.question, candidates) if candidates else []
+    verdicts = _judge_with_progress(ctx.judge, state.question, candidates, runtime.stream_writer) if candidates else []
     return {"candidates": candidates, "verdicts": verdicts, "tool_errors": errors}

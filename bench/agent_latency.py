@@ -8,7 +8,6 @@ traces on (SQLite) and an in-memory checkpointer. Prints p50 / p95 and each node
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -19,46 +18,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import retrieval  # noqa: E402,F401  (first: sets the OpenMP wait policy before torch loads)
 
-import numpy as np  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-QUESTIONS = ["white discharge in the left ear canal", "right tympanic membrane perforation", "closed vocal cords",
-             "left nasal cavity with polyp", "tonsils and uvula", "open glottis during inspiration",
-             "R nasal septum deviation", "AS retracted eardrum"]
+from bench.bigstore import QUESTIONS, build, parser  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--folds", type=int, default=10)
-    ap.add_argument("--store-size", type=int, default=10000)
+    ap = parser(__doc__)
     ap.add_argument("--turns", type=int, default=40)
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp())
-    os.environ["KGER_HOME"] = str(home)
     from agent.assistant import Assistant
-    from retrieval.bundle import init_bundle, load_bundle
-    from retrieval.lexicon import CLASSES
     from retrieval.search import Searcher
     from store.gallery import Gallery
     from store.traces import TraceDB
 
-    init_bundle(home / "bundle", folds=args.folds)
-    bundle = load_bundle(home / "bundle")
-    g = Gallery.open("default", create=True)
-    g.bind_bundle(bundle.fingerprint, bundle.path, bundle.dim)
-    rng = np.random.default_rng(0)
-    n = args.store_size
-    vecs = rng.standard_normal((n, bundle.dim)).astype(np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    labels = rng.choice(CLASSES, size=n)
-    for s in range(0, n, 2000):
-        ids = range(s, min(n, s + 2000))
-        g.upsert([f"img{i:06d}" for i in ids], vecs[s:s + 2000],
-                 [{"path": f"/gallery/{i}.png", "name": f"{i}.png", "label": str(labels[i]), "cls": str(labels[i])}
-                  for i in ids])
-    print(f"store: {g.count()} vectors x {bundle.dim}-d; bundle: {args.folds} folds")
-    assistant = Assistant(searcher=Searcher(bundle, g), llm="offline", k=5, pool=20, traces=TraceDB(home / "traces.db"))
+    ens = build(home, args.folds, args.store_size, export=False)
+    g = Gallery.open("default")
+    assistant = Assistant(searcher=Searcher(ens, g), llm="offline", k=5, pool=20, traces=TraceDB(home / "traces.db"))
     for q in QUESTIONS[:3]:
         assistant.ask(q)  # warm-up
     totals, nodes = [], {}

@@ -11,14 +11,15 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
-from safetensors.torch import load_file, save_file
-
-from retrieval.ensemble import FoldEnsemble
 from retrieval.errors import KgerError
 from retrieval.spec import NanoCLIPSpec
+
+if TYPE_CHECKING:  # torch loads only when weights are read or written: the ONNX query path reads manifests only
+    import torch
+
+    from retrieval.ensemble import FoldEnsemble
 
 FORMAT = "kger-bundle"
 FORMAT_VERSION = 1
@@ -35,7 +36,7 @@ class Bundle:
 
     Kept apart from the `nn.Module` so the model stays a model; a store binds to `fingerprint` and `path`."""
 
-    ensemble: FoldEnsemble
+    ensemble: "FoldEnsemble"
     manifest: dict
     path: str  # resolved directory
 
@@ -74,6 +75,8 @@ def fold_state(ens: FoldEnsemble, f: int) -> dict[str, torch.Tensor]:
 def write_fold(ens: FoldEnsemble, out: Path, f: int) -> str:
     """Write one fold atomically (tmp file + rename): a crash never leaves a half-written fold behind."""
     out.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
     tmp = out / (fold_file(f) + ".tmp")
     save_file(fold_state(ens, f), str(tmp))
     umask = os.umask(0)
@@ -85,6 +88,9 @@ def write_fold(ens: FoldEnsemble, out: Path, f: int) -> str:
 
 def load_fold(ens: FoldEnsemble, path: str | Path, f: int) -> None:
     """Put one fold's stored weights back into the ensemble (the inverse of `fold_state`)."""
+    import torch
+    from safetensors.torch import load_file
+
     fp = Path(path) / fold_file(f)
     try:
         state = load_file(str(fp))
@@ -177,8 +183,21 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
+def set_manifest_entry(path: str | Path, key: str, value: Any) -> dict:
+    """Add one entry (e.g. the ONNX export) to a bundle's manifest, atomically; the fingerprint is unchanged."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    manifest[key] = value
+    tmp = path / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, path / MANIFEST)
+    return manifest
+
+
 def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     """Rebuild the ensemble, check the shared trunk's hash and every fold file's checksum, load the folds."""
+    from retrieval.ensemble import FoldEnsemble
+
     path = Path(path)
     manifest = read_manifest(path)
     spec = NanoCLIPSpec.from_dict(manifest["spec"])
@@ -205,13 +224,22 @@ def init_bundle(
     folds: int = 10,
     seed: int = 0,
     spec: NanoCLIPSpec | None = None,
+    export: bool = False,
     **spec_fields,
 ) -> dict:
     """An untrained ensemble: pretrained towers, seeded projections. Refuses to overwrite another bundle.
 
-    `spec_fields` (image_backbone=, pool=, ...) replace those of `spec` (default: NanoCLIPSpec())."""
+    `spec_fields` (image_backbone=, pool=, ...) replace those of `spec` (default: NanoCLIPSpec()).
+    `export`: also write the ONNX query-time towers (retrieval/export.py)."""
+    from retrieval.ensemble import FoldEnsemble
+
     out = Path(out)
     if (out / MANIFEST).exists():
         raise BundleError(f"{out} already holds a bundle; choose another --out or delete it first")
     ens = FoldEnsemble(replace(spec or NanoCLIPSpec(), **spec_fields), folds, seed=seed)
-    return save_bundle(ens, out, trained=False)
+    manifest = save_bundle(ens, out, trained=False)
+    if export:
+        from retrieval.export import export_bundle
+
+        manifest["export"] = export_bundle(out, ens)
+    return manifest

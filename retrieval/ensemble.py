@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retrieval.encoder import fold_scores  # noqa: F401  (re-exported: the arithmetic lives with the encoders)
 from retrieval.nanoclip import NanoCLIPSpec, create_clip, make_tokenizer, split_clip
 
 
@@ -110,10 +111,3 @@ class FoldEnsemble(nn.Module):
 
     def fold_scores(self, query: np.ndarray, stored: np.ndarray) -> np.ndarray:
         return fold_scores(query, stored, self.folds)
-
-def fold_scores(query: np.ndarray, stored: np.ndarray, folds: int) -> np.ndarray:
-    """The same slice arithmetic without a model (for callers that only hold vectors)."""
-    d = query.shape[-1] // folds
-    q = np.asarray(query, dtype=np.float64).reshape(folds, d)
-    s = np.asarray(stored, dtype=np.float64).reshape(-1, folds, d)
-    return np.einsum("nkd,kd->nk", s, q) * folds

@@ -344,10 +344,8 @@ def _grow(a: int, b: int, want: int, limit: int) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------- model / LLM input
 
 
-def prepare(img: Image.Image, size: int = 224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> torch.Tensor:
-    """RGB image -> normalised (3, size, size) float32 tensor (bicubic, antialiased resize)."""
-    import torch
-
+def prepare_array(img: Image.Image, size: int = 224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> np.ndarray:
+    """RGB image -> normalised (3, size, size) float32 array (bicubic, antialiased resize); no torch needed."""
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     if len(mean) != 3 or len(std) != 3 or any(s == 0 for s in std):
@@ -355,18 +353,31 @@ def prepare(img: Image.Image, size: int = 224, mean=(0.5, 0.5, 0.5), std=(0.5, 0
     rgb = _to_rgb(img)
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)  # PIL widens the kernel when shrinking
-    x = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return ((x - m) / s).contiguous()
+    x = np.asarray(rgb, dtype=np.float32) / np.float32(255.0)
+    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def prepare(img: Image.Image, size: int = 224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> torch.Tensor:
+    """`prepare_array` as a torch tensor (the same float32 values)."""
+    import torch
+
+    return torch.from_numpy(prepare_array(img, size, mean, std))
+
+
+def load_array(path, size: int = 224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop: bool = True) -> np.ndarray:
+    """The one path from a file to a model input: load, circle-crop, resize, normalise."""
+    img = load_image(path)
+    return prepare_array(circle_crop(img) if crop else img, size=size, mean=mean, std=std)
 
 
 def load_for_model(
     path, size: int = 224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop: bool = True
 ) -> torch.Tensor:
-    """The one path from a file to a model input: load, circle-crop, resize, normalise."""
-    img = load_image(path)
-    return prepare(circle_crop(img) if crop else img, size=size, mean=mean, std=std)
+    """`load_array` as a torch tensor, for indexing and training."""
+    import torch
+
+    return torch.from_numpy(load_array(path, size, mean, std, crop))
 
 
 def to_jpeg_bytes(img: Image.Image, max_side: int = 512, quality: int = 85) -> bytes:

@@ -6,11 +6,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from retrieval.bundle import Bundle, BundleError, load_bundle
+from retrieval.bundle import Bundle, BundleError
 from retrieval.candidate import Candidate
-from retrieval.ensemble import FoldEnsemble, fold_scores
+from retrieval.encoder import Encoder, TorchEncoder, fold_scores, load_encoder
 from retrieval.errors import InputError
-from retrieval.preprocess import file_sha256, load_for_model
+from retrieval.preprocess import file_sha256, load_array
 
 
 def bound_bundle(gallery) -> dict:
@@ -22,31 +22,35 @@ def bound_bundle(gallery) -> dict:
 
 
 class Searcher:
-    """Holds one loaded bundle and one gallery; checks once, here, that they belong together."""
+    """Holds one query-time encoder (retrieval/encoder.py: the ONNX export or the torch ensemble) and one
+    gallery; checks once, here, that they belong together."""
 
-    def __init__(self, bundle: Bundle, gallery):
+    def __init__(self, encoder: Encoder | Bundle, gallery):
+        if isinstance(encoder, Bundle):  # a loaded bundle itself (training, benchmarks, tests)
+            encoder = TorchEncoder(encoder)
         bound_bundle(gallery)
-        gallery.check_bundle(bundle.fingerprint)
-        self.bundle, self.gallery = bundle, gallery
+        gallery.check_bundle(encoder.fingerprint)
+        self.encoder, self.gallery = encoder, gallery
 
     @property
-    def ens(self) -> FoldEnsemble:
-        return self.bundle.ensemble
+    def bundle(self) -> Encoder:
+        """The bundle's identity as the encoder carries it: fingerprint, path, folds, dim."""
+        return self.encoder
 
     @classmethod
     def for_gallery(cls, gallery) -> "Searcher":
-        return cls(load_bundle(bound_bundle(gallery)["path"]), gallery)
+        return cls(load_encoder(bound_bundle(gallery)["path"]), gallery)
 
     def encode_text(self, query: str) -> np.ndarray:
         if not query.strip():
             raise InputError("the description is empty")
-        return self.ens.encode_texts([query])[0]
+        return self.encoder.encode_texts([query])[0]
 
     def by_vector(self, query_vec: np.ndarray, k: int, classes: Optional[Sequence[str]] = None) -> list[Candidate]:
         hits = self.gallery.query(query_vec, k=k, classes=classes, include_embeddings=True)
         if not hits:
             return []
-        per_fold = fold_scores(query_vec, np.stack([h.embedding for h in hits]), self.ens.folds)
+        per_fold = fold_scores(query_vec, np.stack([h.embedding for h in hits]), self.encoder.folds)
         out = []
         for rank, (h, fs) in enumerate(zip(hits, per_fold), start=1):
             m = h.metadata
@@ -67,7 +71,8 @@ class Searcher:
         if stored:
             vec = np.asarray(stored[0].embedding, dtype=np.float32)
         else:
-            vec, _ = self.ens.encode_images(load_for_model(path, self.ens.spec.image_size, self.ens.mean, self.ens.std)[None])
+            enc = self.encoder
+            vec, _ = enc.encode_images(load_array(path, enc.image_size, enc.mean, enc.std)[None])
             vec = vec[0]
         return self.by_vector(vec, k, classes)
 

@@ -190,6 +190,13 @@ def real_store(store_factory):
     return built.home, built.bundle
 
 
+@pytest.fixture(scope="session")
+def chat_gallery(store_factory) -> Path:
+    """KGER_HOME with store 'default': an untrained 2-fold bundle (with its ONNX export) over the real images,
+    made in subprocesses, so this process holds no lock on it (chat, serve and export tests open it)."""
+    return store_factory(seed=0, in_process=False).home
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

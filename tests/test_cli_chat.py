@@ -133,18 +133,12 @@ def table_rows(screen: str) -> list[dict]:
     rows = []
     for line in screen.splitlines():
         cells = [c.strip() for c in line.split("│")[1:-1]]
-        if len(cells) >= 7 and cells[0].isdigit():
+        if len(cells) >= 6 and cells[0].isdigit():
             rows.append({"rank": int(cells[0]), "name": cells[1], "class": cells[2]})
     return rows
 
 
 # ------------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def chat_gallery(store_factory) -> Path:
-    """KGER_HOME with store 'default': an untrained 2-fold bundle over the real images (labels from cls.json)."""
-    return store_factory(seed=0, in_process=False).home
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,14 @@
 """`kger ask`: one question through the whole agent (plan, retrieve, judge, fuse)."""
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from agent.cli.common import (
     ChromaUrlOpt, HomeOpt, JsonOpt, KOpt, LlmOpt, StoreOpt, check_llm, err_console, open_assistant, out_console,
@@ -15,27 +18,84 @@ from agent.cli.common import (
 if TYPE_CHECKING:
     from agent.state import Answer
 
+FIXED = (("#", "right", 3), ("class", "left", 16), ("retrieval", "right", 9), ("judge", "right", 5),
+         ("fused", "right", 5))
+FIXED_WIDTH = sum(w for _, _, w in FIXED) + 3 * (len(FIXED) + 1) + 1  # cells + padding + rules
 
-def answer_table(answer: Answer) -> Table:
-    t = Table(title=escape(answer.question), title_justify="left", show_lines=False)
-    for col, just in (("#", "right"), ("image", "left"), ("class", "left"), ("retrieval", "right"),
-                      ("judge", "right"), ("fused", "right"), ("why", "left")):
-        t.add_column(col, justify=just, overflow="fold")
-    for r in answer.rows:
-        cls = r.label or (f"{r.predicted}? {r.predicted_prob:.2f}" if r.predicted else "-")
-        why = escape(r.justification)  # model and user text is never markup
-        if r.fallback:
-            why += f" [dim](offline judge: {escape(r.fallback)})[/dim]"
-        if r.demoted:
-            why += f" [dim](ranked last: {escape(r.demoted)})[/dim]"
-        judge = "-" if r.judge is None else f"{r.judge:.2f}"
-        t.add_row(str(r.rank), escape(r.name or r.id[:12]), escape(cls), f"{r.retrieval:.3f}", judge,
-                  f"{r.fused:.3f}", why)
-    return t
+
+class AnswerTable:
+    """One line per image at any width: every column but the image name is fixed, and the name gets what the
+    terminal has left (cut with an ellipsis; 22 characters at 80 columns). The reasons follow below, one
+    numbered paragraph per image (`reasons=False` leaves them out). Built at render time, for the width."""
+
+    def __init__(self, answer: "Answer", reasons: bool = True):
+        self.answer, self.reasons = answer, reasons
+
+    def __rich_console__(self, console, options):
+        yield self.render(options.max_width)
+
+    def render(self, width: int) -> Group:
+        t = Table(title=escape(self.answer.question), title_justify="left", show_lines=False)
+        image_width = max(8, width - FIXED_WIDTH)
+        for col, just, w in FIXED[:1] + (("image", "left", image_width),) + FIXED[1:]:
+            t.add_column(col, justify=just, no_wrap=True, overflow="ellipsis", max_width=w,
+                         min_width=None if col == "image" else w)
+        whys = []
+        for r in self.answer.rows:
+            cls = r.label or (f"{r.predicted}? {r.predicted_prob:.2f}" if r.predicted else "-")
+            why = escape(r.justification)  # model and user text is never markup
+            if r.fallback:
+                why += f" [dim](offline judge: {escape(r.fallback)})[/dim]"
+            if r.demoted:
+                why += f" [dim](ranked last: {escape(r.demoted)})[/dim]"
+            judge = "-" if r.judge is None else f"{r.judge:.2f}"
+            t.add_row(str(r.rank), escape(r.name or r.id[:12]), escape(cls), f"{r.retrieval:.3f}", judge,
+                      f"{r.fused:.3f}")
+            whys.append((str(r.rank), Text.from_markup(why)))
+        if not self.reasons or not whys:
+            return Group(t)
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(justify="right", min_width=3)
+        grid.add_column()  # wraps with a hanging indent under the reason, not under the rank
+        for rank, why in whys:
+            grid.add_row(rank, why)
+        return Group(t, Text("why", style="bold"), grid)
+
+
+def answer_table(answer: "Answer", reasons: bool = True) -> AnswerTable:
+    return AnswerTable(answer, reasons)
+
+
+def read_text_arg(text: Optional[str], what: str = "description") -> str:
+    """TEXT, or stdin when TEXT is '-' or missing and stdin is a pipe (`echo ... | kger ask`)."""
+    if text is not None and text != "-":
+        return text
+    if sys.stdin is None or sys.stdin.isatty():
+        raise typer.BadParameter(f"give the {what} as TEXT, or pipe it in (`echo TEXT | kger ask -`)",
+                                 param_hint="TEXT")
+    data = sys.stdin.read().strip()
+    if not data:
+        raise typer.BadParameter(f"the {what} on stdin is empty", param_hint="TEXT")
+    return data
+
+
+class TurnProgress:
+    """The spinner's line while a turn runs: which node finished, then "judged 7/20" from the judge."""
+
+    def __init__(self, status):
+        self.status = status
+
+    def __call__(self, kind: str, payload: dict) -> None:
+        if kind == "progress" and "judged" in payload:
+            self.status.update(f"judged {payload['judged']}/{payload['total']}")
+        elif kind == "node":
+            self.status.update(f"{payload['node']} done ({payload['ms']:.0f} ms)")
 
 
 def ask(
-    text: Annotated[str, typer.Argument(help="A clinical description, e.g. 'right tympanic membrane, central perforation'.")],
+    text: Annotated[Optional[str], typer.Argument(
+        help="A clinical description, e.g. 'right tympanic membrane, central perforation'; '-' or nothing: "
+             "read it from stdin.")] = None,
     llm: LlmOpt = "offline",
     k: KOpt = 5,
     store: StoreOpt = "default",
@@ -48,9 +108,11 @@ def ask(
 ):
     """Find images for a description, judged and fused, with reasons and a run id for [bold]kger trace show[/bold]."""
     set_home(home)
+    text = read_text_arg(text)
     check_llm(llm)
     assistant = open_assistant(store, chroma_url, llm, k)
-    answer = assistant.ask(text, thread_id=thread, kind="ask")
+    with err_console.status("planning...") as status:
+        answer = assistant.ask(text, thread_id=thread, kind="ask", on_event=TurnProgress(status))
     if json_out:
         print_json(answer.model_dump())
     if answer.status == "error":  # a store or model failure: never an empty answer with exit 0

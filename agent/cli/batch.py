@@ -145,9 +145,25 @@ def error_line(query: Query, failed: BaseException | Answer, llm: str, store: st
             "k": k, "constraints": {}, "rows": [], "timings": {}, "error": error}
 
 
+def _stdin_queries() -> Path:
+    """stdin as a .txt query file (one query a line), kept under KGER_HOME so a rerun can be compared."""
+    import hashlib
+    import sys
+
+    from agent.cli.ask import read_text_arg
+    from store.paths import kger_home
+
+    text = read_text_arg("-", "queries") + "\n"
+    path = kger_home() / "stdin" / f"queries-{hashlib.sha256(text.encode()).hexdigest()[:12]}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def batch(
     queries: Annotated[Path, typer.Argument(help="Queries: .txt (one a line), .csv (query/text column, or ENTRep "
-                                                 "t2i.csv), .jsonl ({\"query\": ...}) or ENTRep t2i.json.")],
+                                                 "t2i.csv), .jsonl ({\"query\": ...}) or ENTRep t2i.json; "
+                                                 "'-': one a line from stdin.")],
     out: Annotated[Path, typer.Option("--out", help="Results, one JSON line per query; a rerun skips what it holds.")],
     submission_path: Annotated[Optional[Path], typer.Option(
         "--submission", help="Also write the ENTRep Track 3 submission JSON {query: top-1 image}.")] = None,
@@ -170,6 +186,8 @@ def batch(
     check_llm(llm)
     from agent.cli.queries import read_queries
 
+    if str(queries) == "-":
+        queries = _stdin_queries()
     parsed = read_queries(queries)
     report_skipped("queries", parsed.skipped, parsed.unit)
     stats = {"done": 0, "failed": 0, "fallback_rows": 0, "fallback_queries": 0, "cache_hits": 0}

@@ -22,6 +22,8 @@ def init(
         "--text-backbone", help="minilm | /path/to/local/hf-model-dir")] = NanoCLIPSpec.text_backbone,
     pool: Annotated[str, typer.Option("--pool", help="lr_split (side-aware, default) | avg (baseline)")] = NanoCLIPSpec.pool,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the per-fold projections.")] = 0,
+    export: Annotated[bool, typer.Option(
+        "--export/--no-export", help="Also write the ONNX query-time towers (fast, torch-free search).")] = True,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ):
@@ -34,12 +36,29 @@ def init(
 
     with err_console.status(f"Building a {folds}-fold bundle..."):
         manifest = init_bundle(out, folds=folds, seed=seed, image_backbone=image_backbone,
-                               text_backbone=text_backbone, pool=pool)
+                               text_backbone=text_backbone, pool=pool, export=export)
     if json_out:
         print_json(manifest)
     else:
         out_console.print(f"Bundle {manifest['fingerprint']} written to {out} ({folds} folds, {manifest['dim']}-d).")
         err_console.print(f"Next: kger index IMAGES --bundle {out}")
+
+
+@app.command("export")
+def export(
+    path: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    json_out: JsonOpt = False,
+):
+    """Write the query-time towers for onnxruntime into the bundle (search, ask, chat, batch and eval then
+    start without torch). [bold]kger train[/bold] and [bold]kger bundle init[/bold] already do this."""
+    from retrieval.export import export_bundle
+
+    with err_console.status(f"Exporting {path}..."):
+        entry = export_bundle(path)
+    if json_out:
+        print_json(entry)
+    else:
+        out_console.print(f"Exported {path}: {', '.join(entry['files'])} (bundle {entry['fingerprint']}).")
 
 
 @app.command("show")
@@ -56,6 +75,10 @@ def show(path: Annotated[Path, typer.Argument(help="Bundle directory.")], json_o
     out_console.print(f"  image: {spec['image_backbone']} (pool {spec['pool']}, {spec['image_trainable_stages']} trainable stages)")
     out_console.print(f"  text:  {spec['text_backbone']} ({spec['text_trainable_layers']} trainable layers)")
     out_console.print(f"  folds: {m['folds']} x {m['embed_dim']}-d = {m['dim']}-d; shared trunk {m['shared_hash'][:16]}")
+    exp = m.get("export") or {}
+    state = "none (kger bundle export)" if not exp else (
+        "current" if exp.get("fingerprint") == m["fingerprint"] else "stale (kger bundle export)")
+    out_console.print(f"  onnx export: {state}")
     if m.get("classes"):
         out_console.print(f"  classifier: {', '.join(m['classes'])}")
     for key, value in (m.get("metrics") or {}).get("mean", {}).items():

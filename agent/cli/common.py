@@ -5,7 +5,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -21,14 +21,16 @@ HomeOpt = Annotated[
     Optional[Path],
     typer.Option("--home", envvar="KGER_HOME", help="Folder for stores, bundles, traces and caches \\[default: ~/.kger]."),
 ]
-StoreOpt = Annotated[str, typer.Option("--store", help="Name of the image store (gallery) to use.")]
+StoreOpt = Annotated[str, typer.Option("--store", envvar="KGER_STORE", help="Name of the image store (gallery) to use.")]
 ChromaUrlOpt = Annotated[
     Optional[str],
     typer.Option("--chroma-url", envvar="KGER_CHROMA_URL", help="Use a Chroma server (http://HOST:PORT) instead of the embedded store."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else there.")]
 KOpt = Annotated[int, typer.Option("--k", "-k", min=1, max=1000, help="How many images to return.")]
-LlmOpt = Annotated[str, typer.Option("--llm", help="offline (default: nothing leaves this machine) | gemini")]
+LlmOpt = Annotated[Literal["offline", "gemini"], typer.Option(
+    "--llm", envvar="KGER_LLM",
+    help="offline: nothing leaves this machine; gemini: the judge and planner call Google's API.")]
 PoolOpt = Annotated[int, typer.Option("--pool", min=1, max=1000, help="Candidates retrieved and judged per query.")]
 ConcurrencyOpt = Annotated[int, typer.Option(
     "--concurrency", min=1, max=64, help="Judge calls in flight at once (Gemini; the offline judge ignores it).")]
@@ -106,6 +108,15 @@ def crash_report(e: BaseException, command: Optional[str] = None) -> str:
     except OSError as write_error:
         return f"The traceback could not be saved ({write_error}); rerun with KGER_DEBUG=1 to see it."
     return f"Traceback saved to {path} (please include it in a bug report; KGER_DEBUG=1 prints it)."
+
+
+def kger_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kger")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "0+unknown"
 
 
 def set_home(home: Optional[Path]) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, time as dtime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 from rich.console import Group, RenderableType
@@ -310,6 +310,7 @@ def list_cmd(
 @app.command("show")
 def show(
     run_id: Annotated[str, typer.Argument(help="A run id, or a unique prefix of one (see kger trace list).")],
+    pager: Annotated[bool, typer.Option("--pager/--no-pager", help="Page output taller than the terminal ($PAGER, else less).")] = True,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ):
@@ -319,13 +320,26 @@ def show(
     if json_out:
         print_json(run)
         return
-    out_console.print(run_view(run))
+    print_paged(run_view(run), pager)
+
+
+def print_paged(view: RenderableType, pager: bool = True) -> None:
+    """Through a pager when stdout is a terminal and the output is taller than it; else straight out."""
+    if pager and out_console.is_terminal and len(out_console.render_lines(view, pad=False)) > out_console.size.height:
+        import os
+
+        os.environ.setdefault("LESS", "-RFX")  # colours through, quit at once if it fits, keep the screen
+        with out_console.pager(styles=True):
+            out_console.print(view)
+        return
+    out_console.print(view)
 
 
 @app.command("export")
 def export(
     run_id: Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="json | html (one self-contained page)")] = "json",
+    fmt: Annotated[Literal["json", "html"], typer.Option("--format", "-f",
+                                     help="json, or html (one self-contained page)")] = "json",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="File to write (default: stdout for json, "
                                                 "kger-run-ID.html in this folder for html).")] = None,
     home: HomeOpt = None,

@@ -44,6 +44,10 @@ def train(
     from training.train import main
 
     manifest = main(cfg, console=err_console)
+    from retrieval.export import export_bundle
+
+    with err_console.status("Exporting the query-time towers (ONNX)..."):
+        manifest["export"] = export_bundle(out)
     if json_out:
         print_json(manifest)
     else:

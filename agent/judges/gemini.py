@@ -178,7 +178,8 @@ class GeminiJudge:
 
     # ---------------------------------------------------------------------------------------- judging
 
-    def judge(self, query: str, candidates: Sequence[Candidate]) -> list[Verdict]:
+    def judge(self, query: str, candidates: Sequence[Candidate],
+              on_progress: Optional[Callable[[int], None]] = None) -> list[Verdict]:
         candidates = list(candidates)
         if not candidates:
             return []
@@ -211,16 +212,20 @@ class GeminiJudge:
                 for i in todo:
                     verdicts[i] = self._fall_back(query, candidates[i], candidates, reason)
             else:
-                self._ask_all(chat, settings, query, candidates, todo, verdicts, keys, cache)
+                self._ask_all(chat, settings, query, candidates, todo, verdicts, keys, cache, on_progress)
         return [v for v in verdicts if v is not None]
 
     def _ask_all(self, chat: Any, settings: GeminiSettings, query: str, candidates: list[Candidate],
                  todo: list[int], verdicts: list[Optional[Verdict]], keys: list[Optional[str]],
-                 cache: Optional["JudgeCache"]) -> None:
+                 cache: Optional["JudgeCache"], on_progress: Optional[Callable[[int], None]] = None) -> None:
         text = self.prompt.format(description=escape_user_text(query))
+        outcomes = []
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(todo)),
                                 thread_name_prefix="gemini-judge") as pool:
-            outcomes = list(pool.map(lambda i: self._ask_one(chat, settings, text, candidates[i]), todo))
+            for outcome in pool.map(lambda i: self._ask_one(chat, settings, text, candidates[i]), todo):
+                outcomes.append(outcome)  # in order, on this thread: safe to report from here
+                if on_progress is not None:
+                    on_progress(len(candidates) - len(todo) + len(outcomes))
         failed = []
         for i, outcome in zip(todo, outcomes):
             c = candidates[i]

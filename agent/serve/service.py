@@ -1,0 +1,158 @@
+"""The warm process behind `kger serve`: one Assistant (encoder + store + graph) and the trace database.
+
+Both doors (HTTP in http.py, MCP in mcp_tools.py) call these methods, so the bounds on a request live here
+once. One lock serialises turns: a turn is ~0.1 s offline, and the graph, the Chroma client and the trace
+writer then never see two requests at once.
+"""
+from __future__ import annotations
+
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from retrieval.candidate import TOOL_FIELDS
+
+MAX_K = 100
+MAX_TEXT = 2000  # characters of a description
+MAX_UPLOAD = 16 * 1024 * 1024  # bytes of an uploaded image (and of any request body)
+MAX_RUNS = 200
+
+
+class RequestError(ValueError):
+    """A bad request: the message is the one line the client gets back (HTTP 4xx, MCP tool error)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def check_text(text: Any, what: str = "text") -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise RequestError(f"{what} must be a non-empty string", 422)
+    if len(text) > MAX_TEXT:
+        raise RequestError(f"{what} is {len(text)} characters; at most {MAX_TEXT}", 422)
+    return text
+
+
+def check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise RequestError(f"k must be an integer from 1 to {MAX_K}", 422)
+    return k
+
+
+@dataclass
+class Service:
+    assistant: Any
+    store: str = "default"
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def open(cls, store: str = "default", url: Optional[str] = None, llm: str = "offline") -> "Service":
+        from agent.assistant import Assistant
+
+        return cls(Assistant.open(store, url=url, llm=llm, k=10, pool=20), store=store)
+
+    @property
+    def searcher(self):
+        return self.assistant.searcher
+
+    def health(self) -> dict:
+        enc = self.searcher.encoder
+        with self.lock:
+            count = self.searcher.gallery.count()
+        return {"status": "ok", "store": self.store, "images": count, "bundle": enc.fingerprint,
+                "folds": enc.folds, "encoder": getattr(enc, "backend", "torch"), "llm": self.assistant.llm}
+
+    # ----------------------------------------------------------------------------------------- retrieval
+    def search_text(self, text: str, k: int = 10, classes=None) -> dict:
+        text, k = check_text(text), check_k(k)
+        with self.lock:
+            results = self.searcher.text(text, k=k, classes=classes)
+        return {"query": text, "store": self.store, "bundle": self.searcher.encoder.fingerprint,
+                "results": [r.model_dump(exclude=TOOL_FIELDS) for r in results]}
+
+    def search_image_bytes(self, data: bytes, k: int = 10, name: str = "upload") -> dict:
+        """An uploaded image: its stored vector when it is in the store (same bytes), else encoded now."""
+        from retrieval.preprocess import ImageLoadError
+
+        k = check_k(k)
+        if not data:
+            raise RequestError("the upload is empty")
+        if len(data) > MAX_UPLOAD:
+            raise RequestError(f"the upload is {len(data):,} bytes; at most {MAX_UPLOAD:,}", 413)
+        with tempfile.TemporaryDirectory(prefix="kger-upload-") as tmp:
+            path = Path(tmp) / "image"
+            path.write_bytes(data)
+            try:
+                with self.lock:
+                    results = self.searcher.image(path, k=k)
+            except ImageLoadError as e:
+                raise RequestError(f"{name}: {e.reason}", 415) from None
+        return {"image": name, "store": self.store, "bundle": self.searcher.encoder.fingerprint,
+                "results": [r.model_dump(exclude=TOOL_FIELDS) for r in results]}
+
+    def similar(self, image: str, k: int = 10) -> dict:
+        """Images like one already in the store (its id or a unique id prefix), or like an image file here."""
+        image, k = check_text(image, "image").strip(), check_k(k)
+        with self.lock:
+            if Path(image).is_file():
+                from retrieval.preprocess import file_sha256
+
+                ref, results = file_sha256(image), self.searcher.image(image, k=k + 1)
+            else:
+                ref = self._resolve_id(image)
+                results = self.searcher.like(ref, k=k + 1)
+        rows = [r.model_dump(exclude=TOOL_FIELDS) for r in results if r.id != ref][:k]
+        for i, r in enumerate(rows, start=1):
+            r["rank"] = i
+        return {"image": image, "id": ref, "store": self.store, "results": rows}
+
+    def _resolve_id(self, image: str) -> str:
+        if len(image) == 64:
+            return image
+        hits = [i for i, _ in self.searcher.gallery.all_metadata() if i.startswith(image.lower())] if len(image) >= 6 else []
+        if len(hits) != 1:
+            raise RequestError(f"image {image!r} is not an image id (or unique id prefix of 6+ characters) in "
+                               f"store '{self.store}', nor a file on the server", 404)
+        return hits[0]
+
+    # ----------------------------------------------------------------------------------------- the agent
+    def ask(self, text: str, k: int = 5, thread_id: Optional[str] = None,
+            on_event: Optional[Callable[[str, dict], None]] = None) -> dict:
+        text, k = check_text(text), check_k(k)
+        if thread_id is not None:
+            check_text(thread_id, "thread_id")
+        with self.lock:
+            self.assistant.k, self.assistant.pool = k, max(20, k)
+            # a server's answers can be followed up (the thread id comes back), so each keeps its thread
+            answer = self.assistant.ask(text, thread_id=thread_id or uuid.uuid4().hex, kind="ask", on_event=on_event)
+        if answer.status == "error":  # the store or a model failed: an error, not an empty answer
+            raise RequestError(f"no answer ({answer.error}); run {answer.run_id}", 503)
+        return answer.model_dump()
+
+    # ----------------------------------------------------------------------------------------- traces
+    def runs(self, limit: int = 20, text: Optional[str] = None) -> list[dict]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_RUNS:
+            raise RequestError(f"limit must be an integer from 1 to {MAX_RUNS}", 422)
+        return self._traces().list_runs(limit=limit, text=text)
+
+    def run(self, run_id: str) -> dict:
+        from store.traces import UnknownRunError
+
+        try:
+            return self._traces().get_run(check_text(run_id, "run id"))
+        except UnknownRunError as e:
+            raise RequestError(str(e), 404) from None
+
+    def report_html(self, run_id: str) -> str:
+        from agent.cli.report import render_run
+
+        return render_run(self.run(run_id))
+
+    def _traces(self):
+        if self.assistant.traces is None:
+            raise RequestError("this server keeps no traces", 404)
+        return self.assistant.traces

@@ -1,0 +1,49 @@
+"""A large store for benchmarks: a K-fold untrained bundle (with its ONNX export) and N stored vectors.
+
+The real images are not needed for latency: random unit vectors with random labels give Chroma and the
+graph the same work. The gallery is closed on return, so other processes (kger search, kger serve) can open it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+
+QUESTIONS = ["white discharge in the left ear canal", "right tympanic membrane perforation", "closed vocal cords",
+             "left nasal cavity with polyp", "tonsils and uvula", "open glottis during inspiration",
+             "R nasal septum deviation", "AS retracted eardrum"]
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The options every large-store benchmark takes."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--folds", type=int, default=10)
+    ap.add_argument("--store-size", type=int, default=10000)
+    return ap
+
+
+def build(home: Path, folds: int = 10, n: int = 10000, export: bool = True):
+    """KGER_HOME=home with store 'default'; returns the loaded bundle (torch)."""
+    os.environ["KGER_HOME"] = str(home)
+    from retrieval.bundle import init_bundle, load_bundle
+    from retrieval.lexicon import CLASSES
+    from store.gallery import Gallery
+
+    init_bundle(home / "bundle", folds=folds, export=export)
+    bundle = load_bundle(home / "bundle")
+    g = Gallery.open("default", create=True)
+    g.bind_bundle(bundle.fingerprint, bundle.path, bundle.dim)
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((n, bundle.dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    labels = rng.choice(CLASSES, size=n)
+    for s in range(0, n, 2000):
+        ids = range(s, min(n, s + 2000))
+        g.upsert([f"img{i:06d}" for i in ids], vecs[s:s + 2000],
+                 [{"path": f"/gallery/{i}.png", "name": f"{i}.png", "label": str(labels[i]), "cls": str(labels[i])}
+                  for i in ids])
+    print(f"store: {g.count()} vectors x {bundle.dim}-d; bundle: {folds} folds")
+    g.close()
+    return bundle

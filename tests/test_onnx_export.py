@@ -1,0 +1,147 @@
+"""The ONNX export of the query-time towers: same vectors as torch, same rankings, and no torch on that path."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.bundle import BundleError, read_manifest
+from retrieval.lexicon import CLASSES, class_captions
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "open_clip", "timm", "transformers")
+
+
+def _texts(entrep_train: Path) -> list[str]:
+    texts = [c for cls in CLASSES for c in class_captions(cls)]
+    t2i = entrep_train.parent / "annotations" / "data" / "Track3_Public" / "t2i.csv"
+    if t2i.is_file():
+        texts += [line.strip() for line in t2i.read_text().splitlines() if line.strip()]
+    texts.append("left ear, tympanic membrane " * 40)  # longer than the 77-token context: truncated alike
+    return texts
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A 2-fold bundle with a classifier head (so the image graph has both outputs), exported."""
+    from retrieval.bundle import save_bundle
+    from retrieval.ensemble import FoldEnsemble
+    from retrieval.export import export_bundle
+    from retrieval.nanoclip import NanoCLIPSpec
+
+    out = tmp_path_factory.mktemp("exported") / "bundle"
+    ens = FoldEnsemble(NanoCLIPSpec(), 2, seed=5, classes=list(CLASSES))
+    ens.fingerprint, ens.path = save_bundle(ens, out, trained=False)["fingerprint"], str(out)
+    export_bundle(out, ens)
+    return out, ens
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_export_is_recorded_with_checksums(exported):
+    path, _ = exported
+    m = read_manifest(path)
+    entry = m["export"]
+    assert entry["fingerprint"] == m["fingerprint"] and entry["probs"] is True
+    assert set(entry["files"]) == {"text.onnx", "image.onnx", "tokenizer.json"}
+    from retrieval.bundle import _sha256
+
+    assert all(_sha256(path / n) == h for n, h in entry["files"].items())
+
+
+def test_text_vectors_equal_torch_on_lexicon_captions(exported, entrep_train):
+    from retrieval.encoder import load_encoder
+
+    path, ens = exported
+    onnx = load_encoder(path)
+    assert onnx.backend == "onnx"
+    texts = _texts(entrep_train)
+    assert np.array_equal(onnx.tokenize(texts), ens.tokenizer(texts).numpy())  # same ids, same truncation
+    a, b = ens.encode_texts(texts), onnx.encode_texts(texts)
+    assert a.shape == b.shape == (len(texts), 128)
+    assert _cos(a, b).min() >= 0.9999
+
+
+def test_image_vectors_and_rankings_equal_torch_on_real_images(exported, entrep_train):
+    import torch
+
+    from retrieval.encoder import load_encoder
+    from retrieval.preprocess import load_array
+
+    path, ens = exported
+    onnx = load_encoder(path)
+    imgs = sorted((entrep_train / "imgs").iterdir())
+    x = np.stack([load_array(p, onnx.image_size, onnx.mean, onnx.std) for p in imgs])
+    ta, tp = ens.encode_images(torch.from_numpy(x))
+    oa, op = onnx.encode_images(x)
+    assert _cos(ta, oa).min() >= 0.9999
+    assert np.abs(tp - op).max() < 1e-4
+    texts = _texts(entrep_train)
+    t_top = np.argsort(-(ens.encode_texts(texts) @ ta.T), axis=1)[:, :10]
+    o_top = np.argsort(-(onnx.encode_texts(texts) @ oa.T), axis=1)[:, :10]
+    assert (t_top == o_top).all()
+
+
+def test_stale_or_forced_backends(exported, tmp_path, monkeypatch):
+    import shutil
+
+    from retrieval.encoder import load_encoder
+
+    path, _ = exported
+    stale = tmp_path / "stale"
+    shutil.copytree(path, stale)
+    m = json.loads((stale / "manifest.json").read_text())
+    m["export"]["fingerprint"] = "0" * 16  # exported from other weights
+    (stale / "manifest.json").write_text(json.dumps(m))
+    monkeypatch.setenv("KGER_ENCODER", "onnx")
+    with pytest.raises(BundleError, match="kger bundle export"):
+        load_encoder(stale)
+    monkeypatch.setenv("KGER_ENCODER", "torch")
+    assert load_encoder(path).backend == "torch"
+    monkeypatch.setenv("KGER_ENCODER", "auto")
+    assert load_encoder(stale).backend == "torch"
+
+
+def test_corrupt_graph_is_a_bundle_error(exported, tmp_path):
+    import shutil
+
+    from retrieval.encoder import load_encoder
+
+    bad = tmp_path / "bad"
+    shutil.copytree(exported[0], bad)
+    with open(bad / "text.onnx", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00\x01\x02\x03")
+    enc = load_encoder(bad)
+    with pytest.raises(BundleError, match="corrupt"):
+        enc.encode_texts(["left ear"])
+
+
+def test_search_on_an_export_imports_no_torch(chat_gallery, tmp_path):
+    """`kger search TEXT` on an exported bundle never imports torch, open_clip, timm or transformers."""
+    home = chat_gallery
+    assert "export" in read_manifest(home.parent / "bundle"), "kger bundle init writes the export"  # store_factory: bundle beside home
+    probe = tmp_path / "modules.json"
+    code = (
+        "import json, sys\n"
+        "from agent.cli import app\n"
+        "try:\n    app(['search', 'left ear, tympanic membrane', '--json', '--home', sys.argv[1]])\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "json.dump({'code': code, 'heavy': [m for m in %r if m in sys.modules]}, open(sys.argv[2], 'w'))\n" % (HEAVY,)
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("KGER_ENCODER", None)
+    r = subprocess.run([sys.executable, "-c", code, str(home), str(probe)], capture_output=True, text=True,
+                       env=env, timeout=300)
+    doc = json.loads(probe.read_text())
+    assert doc["code"] in (0, None), r.stderr
+    assert doc["heavy"] == [], f"imported on the ONNX query path: {doc['heavy']}"
+    results = json.loads(r.stdout)["results"]
+    assert len(results) == 10

@@ -1,0 +1,181 @@
+"""`kger serve` over real sockets on 127.0.0.1, on the 70 real images: round trips, 4xx for bad requests, the
+token, and a real MCP client session over stdio."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+KGER = [sys.executable, "-c", "from agent.cli import main; main()"]
+TOKEN = "s3cret-token-for-tests"
+
+pytestmark = pytest.mark.slow
+
+
+def _env(home: Path, **extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("GOOGLE_API_KEY", "KGER_ENCODER", "KGER_SERVE_TOKEN")}
+    env.update(KGER_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", ANONYMIZED_TELEMETRY="False",
+               PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
+               **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def server(chat_gallery, tmp_path_factory):
+    """`kger serve --port 0` with a token (so every request is checked); yields (base url, home)."""
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(KGER + ["serve", "--port", "0"], cwd=ROOT, env=_env(chat_gallery, KGER_SERVE_TOKEN=TOKEN),
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    url = None
+    try:
+        while url is None:
+            m = re.search(r"kger serve: (http://127\.0\.0\.1:\d+)", log_path.read_text())
+            if m:
+                url = m.group(1)
+            elif proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"kger serve did not start: {log_path.read_text()[-3000:]}")
+            else:
+                time.sleep(0.2)
+        yield url, chat_gallery
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server[0], headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120) as c:
+        yield c
+
+
+def _one_line_error(r: httpx.Response, status: int) -> str:
+    assert r.status_code == status, r.text
+    doc = r.json()
+    assert set(doc) == {"error"} and "\n" not in doc["error"] and "Traceback" not in doc["error"]
+    return doc["error"]
+
+
+def test_health_uses_the_onnx_encoder(client):
+    doc = client.get("/health").json()
+    assert doc["status"] == "ok" and doc["encoder"] == "onnx" and doc["images"] >= 60 and doc["folds"] == 2
+
+
+def test_search_text_round_trip(client):
+    r = client.post("/search", json={"text": "left ear, tympanic membrane", "k": 7})
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    assert [x["rank"] for x in res] == list(range(1, 8))
+    assert all(a["score"] >= b["score"] for a, b in zip(res, res[1:]))
+    assert all(abs(x["score"] - sum(x["fold_scores"]) / 2) < 1e-4 for x in res)
+
+
+def test_search_by_uploaded_real_image_finds_itself(client, entrep_train):
+    path = sorted((entrep_train / "imgs").iterdir())[3]
+    data = path.read_bytes()
+    r = client.post("/search/image", files={"file": (path.name, data, "image/png")}, data={"k": "5"})
+    assert r.status_code == 200, r.text
+    top = r.json()["results"][0]
+    assert top["id"] == hashlib.sha256(data).hexdigest() and top["score"] > 0.999
+
+
+def test_ask_runs_and_report_round_trip(client):
+    r = client.post("/ask", json={"text": "left ear, tympanic membrane", "k": 5})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert len(answer["rows"]) == 5 and answer["rows"][0]["label"] == "ear-left"  # the side is a hard constraint
+    run_id = answer["run_id"]
+    assert run_id in [x["id"] for x in client.get("/runs", params={"limit": 5}).json()]
+    run = client.get(f"/runs/{run_id[:12]}").json()
+    assert run["id"] == run_id and run["input"] == "left ear, tympanic membrane" and run["events"]
+    page = client.get(f"/runs/{run_id}/report")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "left ear, tympanic membrane" in page.text and "<html" in page.text.lower()
+
+
+def test_ask_streams_node_events_then_the_answer(client):
+    events = []
+    with client.stream("POST", "/ask/stream", json={"text": "right nose", "k": 3}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[6:])))
+    names = [n for n, _ in events]
+    assert names[-1] == "answer" and len(events[-1][1]["rows"]) == 3
+    nodes = [p["node"] for n, p in events if n == "node"]
+    assert nodes[0] == "plan" and "judge" in nodes and nodes[-1] == "answer"
+    progress = [p for n, p in events if n == "progress"]
+    assert progress and progress[-1]["judged"] == progress[-1]["total"] > 0
+
+
+def test_bad_requests_get_one_line_4xx(client, tmp_path):
+    assert "less than or equal to 100" in _one_line_error(client.post("/search", json={"text": "ear", "k": 100000}), 422)
+    assert "malformed JSON" in _one_line_error(
+        client.post("/search", content=b'{"text": "ear",', headers={"content-type": "application/json"}), 400)
+    assert "text" in _one_line_error(client.post("/ask", json={"k": 3}), 422)
+    err = _one_line_error(client.post("/search/image", files={"file": ("notes.png", b"just some text\n" * 20,
+                                                                       "image/png")}), 415)
+    assert "not an image" in err
+    big = b"\x89PNG\r\n\x1a\n" + b"\0" * (17 * 1024 * 1024)
+    assert "over" in _one_line_error(client.post("/search/image", files={"file": ("big.png", big, "image/png")}), 413)
+    assert "No run" in _one_line_error(client.get("/runs/0123456789abcdef"), 404)
+    assert _one_line_error(client.get("/runs", params={"limit": 100000}), 422)
+
+
+def test_token_is_checked_on_every_request(server):
+    url, _ = server
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        for method, path in (("GET", "/health"), ("POST", "/search"), ("POST", "/mcp/")):
+            r = httpx.request(method, url + path, headers=headers, json={"text": "ear"}, timeout=30)
+            assert "token" in _one_line_error(r, 401)
+
+
+def test_binding_beyond_loopback_needs_a_token(chat_gallery):
+    r = subprocess.run(KGER + ["serve", "--host", "0.0.0.0", "--port", "0"], cwd=ROOT, env=_env(chat_gallery),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "KGER_SERVE_TOKEN" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_mcp_stdio_session_lists_tools_and_answers(chat_gallery):
+    import anyio
+    from mcp import Client, StdioServerParameters
+
+    params = StdioServerParameters(command=KGER[0], args=KGER[1:] + ["serve", "--mcp-stdio"], cwd=str(ROOT),
+                                   env=_env(chat_gallery))
+
+    async def session():
+        async with Client(params, read_timeout_seconds=120) as c:
+            tools = {t.name: t for t in (await c.list_tools()).tools}
+            retrieved = await c.call_tool("retrieve", {"query": "left ear", "k": 4, "region": "ear", "side": "left"})
+            asked = await c.call_tool("ask", {"description": "left ear, tympanic membrane", "k": 3})
+            bad = await c.call_tool("retrieve", {"query": "ear", "k": 100000})
+            traced = await c.call_tool("trace", {"run_id": asked.structured_content["run_id"]})
+            return tools, retrieved, asked, bad, traced
+
+    tools, retrieved, asked, bad, traced = anyio.run(session)
+    assert set(tools) == {"retrieve", "similar", "ask", "trace"}
+    assert all(len(t.description) > 80 for t in tools.values())
+    assert not retrieved.is_error
+    rows = retrieved.structured_content["results"]
+    assert len(rows) == 4 and all(r["label"] == "ear-left" for r in rows)
+    assert not asked.is_error and asked.structured_content["rows"][0]["label"] == "ear-left"
+    assert bad.is_error
+    assert not traced.is_error and traced.structured_content["input"] == "left ear, tympanic membrane"
