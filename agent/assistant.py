@@ -22,7 +22,7 @@ from agent.judges.base import Judge
 from agent.plan import OfflinePlanner
 from agent.posfuse import FuseConfig
 from agent.state import Answer
-from retrieval.errors import InputError
+from retrieval.errors import InputError, KgerError
 
 if TYPE_CHECKING:
     from retrieval.search import Searcher
@@ -55,43 +55,65 @@ def check_llm(llm: str) -> str:
 
 
 class GeminiPlanner:
-    """The Gemini chat model with kger's tools bound, called with kger's retry policy."""
+    """The Gemini chat model with kger's tools bound, called with kger's retry policy through the session
+    (its rate limiter and circuit are the judge's too)."""
 
-    def __init__(self, settings):
-        from agent.llm import make_gemini_chat
+    def __init__(self, session):
         from agent.tools import TOOLS
 
-        self.settings = settings
-        self.chat = make_gemini_chat(settings).bind_tools(TOOLS)
+        self.session = session
+        self.settings = session.settings
+        self.chat = session.chat().bind_tools(TOOLS)
 
     def invoke(self, messages):
-        from agent.llm import invoke_with_retries
-
-        return invoke_with_retries(self.chat, messages, self.settings)
+        return self.session.invoke(self.chat, messages, kind="planner")
 
 
 def make_planner_and_judge(llm: str, settings=None, judge_concurrency: int = 4):
-    """(planner, judge) for 'offline' or 'gemini'. Gemini without a key still works: both fall back."""
+    """(planner, judge) for 'offline' or 'gemini'. Gemini without a key still works: both fall back. The
+    Gemini pair shares one `GeminiSession`: one rate limiter and one circuit for the run or batch."""
     from agent.judges.offline import OfflineJudge
 
     if check_llm(llm) == "offline":
         return OfflinePlanner(), OfflineJudge()
     from agent.judges.gemini import GeminiJudge
-    from agent.llm import GeminiUnavailable, gemini_settings_from_env
+    from agent.llm import GeminiSession, GeminiUnavailable
 
-    settings = settings or gemini_settings_from_env()
+    session = GeminiSession(settings)
     try:
-        planner = GeminiPlanner(settings)
+        planner = GeminiPlanner(session)
     except GeminiUnavailable:
         planner = _UnavailablePlanner()
-    return planner, GeminiJudge(settings, max_concurrency=judge_concurrency)
+    return planner, GeminiJudge(session=session, max_concurrency=judge_concurrency)
 
 
 class _UnavailablePlanner:
     def invoke(self, messages):
-        from agent.llm import GeminiUnavailable
+        from agent.llm import NO_KEY, GeminiUnavailable
 
-        raise GeminiUnavailable("no GOOGLE_API_KEY")
+        raise GeminiUnavailable(NO_KEY)
+
+
+class FallbackError(KgerError):
+    """--strict (KGER_STRICT=1): the offline planner or judge stood in for the LLM the user chose."""
+
+
+def fallback_notes(plan_fallback: Optional[str], verdicts) -> list[str]:
+    """What stood in for the chosen LLM in a turn, and why: one line for the planner, one per judge reason."""
+    notes = [f"planner: offline ({plan_fallback})"] if plan_fallback else []
+    reasons: dict[str, int] = {}
+    for v in verdicts:
+        if v.fallback:
+            reasons[v.fallback] = reasons.get(v.fallback, 0) + 1
+    notes += [f"judge: offline for {n} of {len(verdicts)} images ({why})" for why, n in reasons.items()]
+    return notes
+
+
+def require_no_fallback(answer: Answer) -> Answer:
+    """The answer, or FallbackError (one line) when anything fell back: what --strict promises scripts."""
+    if answer.fallbacks:
+        raise FallbackError("--strict: " + "; ".join(answer.fallbacks))
+    return answer
 
 
 @dataclass
@@ -218,7 +240,8 @@ class Assistant:
         timings["total"] = round((time.perf_counter() - t0) * 1000, 2)
         answer = (state.get("answer") or Answer()).model_copy(
             update={"run_id": run_id, "thread_id": thread_id if keep else None, "timings": timings,
-                    "input": question})
+                    "input": question,
+                    "fallbacks": fallback_notes(seen.get("plan_fallback"), seen.get("verdicts") or [])})
         if not answer.rows and seen.get("tool_errors"):  # every search was refused: say so, not "no image"
             answer = answer.model_copy(update={
                 "status": "error", "error": " ".join(f"no search could run: {seen['tool_errors'][0]}".split())})

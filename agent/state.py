@@ -63,6 +63,8 @@ class Answer(BaseModel):
     thread_id: Optional[str] = None
     timings: dict[str, float] = Field(default_factory=dict)
     input: Optional[str] = None
+    fallbacks: list[str] = Field(default_factory=list, description="what stood in for the chosen LLM, and why "
+                                 "(the offline planner, the offline judge); --strict fails on any")
     # -- failures are never silent (issue 10): a turn whose store or model failed says so, with the reason
     status: Literal["ok", "error"] = Field(default="ok", description="'error' when the turn could not be answered")
     error: Optional[str] = Field(default=None, description="why the turn failed, one line")

@@ -218,6 +218,11 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     return Bundle(ensemble=ens.eval(), manifest=manifest, path=str(path.resolve()))
 
 
+def load_ensemble(path: str | Path) -> "FoldEnsemble":
+    """Just the checked ensemble (what a worker process needs; picklable by reference, unlike a loaded model)."""
+    return load_bundle(path).ensemble
+
+
 def init_bundle(
     out: str | Path,
     *,

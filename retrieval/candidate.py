@@ -29,8 +29,10 @@ class Candidate(BaseModel):
     filter_match: Optional[bool] = Field(
         default=None, description="whether it meets the planner's region/side/state filter (None: no filter)")
     query: Optional[str] = Field(default=None, description="the tool query that found it")
+    display: Optional[str] = Field(default=None, exclude=True,
+                                   description="how a person sees it: `exam.mp4 @ 00:01:23` for a video frame")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def name(self) -> str:
-        return Path(self.path).name
+        return self.display or Path(self.path).name

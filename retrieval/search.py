@@ -11,6 +11,7 @@ from retrieval.candidate import Candidate
 from retrieval.encoder import Encoder, TorchEncoder, fold_scores, load_encoder
 from retrieval.errors import InputError
 from retrieval.preprocess import file_sha256, load_array
+from retrieval.video import display_name
 
 
 def bound_bundle(gallery) -> dict:
@@ -57,7 +58,7 @@ class Searcher:
             out.append(Candidate(
                 rank=rank, id=h.id, path=m.get("path", ""), score=float(h.score),
                 fold_scores=[round(float(x), 6) for x in fs], label=m.get("label"),
-                predicted=m.get("predicted"), predicted_prob=m.get("predicted_prob"),
+                predicted=m.get("predicted"), predicted_prob=m.get("predicted_prob"), display=display_name(m),
             ))
         return out
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 REDACTED = "[redacted]"
-SECRET_ENV_VARS = ("GOOGLE_API_KEY",)
+SECRET_ENV_VARS = ("GOOGLE_API_KEY", "GEMINI_API_KEY")  # both Gemini keys kger reads (agent/llm.py KEY_VARS)
 MIN_SECRET_LEN = 8  # shorter values would blank out ordinary words
 # ?key=... / &api_key=... style query parameters (Google APIs take the key as ?key=)
 _URL_SECRET = re.compile(r"(?i)([?&](?:key|api[_-]?key|access[_-]?token|token)=)[^&#\s\"'<>]+")

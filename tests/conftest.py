@@ -51,6 +51,8 @@ def kger_home(tmp_path, monkeypatch):
     home = tmp_path / "kger-home"
     monkeypatch.setenv("KGER_HOME", str(home))
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)  # kger reads either (agent/llm.py KEY_VARS)
+    monkeypatch.delenv("KGER_STRICT", raising=False)
     monkeypatch.delenv("KGER_CHROMA_URL", raising=False)
     return home
 

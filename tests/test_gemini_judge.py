@@ -172,7 +172,7 @@ def test_client_error_is_not_retried(gemini_env, image):
     with GeminiStub([error_reply(400, "bad request")]) as stub:
         [v] = gemini_env(stub).judge("right ear perforation", candidates_for([image]))
     assert len(stub.requests) == 1
-    assert v.judge == "offline" and v.fallback == "request rejected (HTTP 400)"
+    assert v.judge == "offline" and v.fallback == "Gemini off for this run: request rejected (HTTP 400)"
 
 
 def test_malformed_answer_falls_back_and_keeps_the_raw_text(gemini_env, image):
@@ -205,9 +205,9 @@ def test_no_key_falls_back_without_any_request(gemini_env, image, monkeypatch):
         judge = GeminiJudge(gemini_settings_from_env(), fallback=offline_stand_in)
         verdicts = judge.judge("left ear", candidates_for([image, image]))
     assert stub.requests == []
-    assert [v.fallback for v in verdicts] == ["no GOOGLE_API_KEY"] * 2
+    assert [v.fallback for v in verdicts] == ["no GOOGLE_API_KEY or GEMINI_API_KEY"] * 2
     assert all(v.judge == "offline" for v in verdicts)
-    with pytest.raises(GeminiUnavailable, match="no GOOGLE_API_KEY"):
+    with pytest.raises(GeminiUnavailable, match="no GOOGLE_API_KEY or GEMINI_API_KEY"):
         make_gemini_chat(GeminiSettings())
 
 
@@ -272,7 +272,7 @@ def test_cached_answers_need_no_key(gemini_env, image, monkeypatch):
         judge.close()
     assert len(stub.requests) == 1
     assert (v.judge, v.cached, v.score) == ("gemini", True, 0.82)
-    assert (w.judge, w.fallback) == ("offline", "no GOOGLE_API_KEY")
+    assert (w.judge, w.fallback) == ("offline", "no GOOGLE_API_KEY or GEMINI_API_KEY")
 
 
 def test_failures_are_not_cached(gemini_env, image):
@@ -346,6 +346,25 @@ def test_settings_from_env(monkeypatch):
     assert gemini_settings_from_env({}).api_key is None
 
 
+def test_thinking_level_defaults_low_and_is_configurable(gemini_env, image, monkeypatch):
+    """langchain-google-genai 4.x takes `thinking_level` (thinking_budget is Gemini 2.5's); a judge call per
+    candidate makes a low level the default, KGER_GEMINI_THINKING changes it, 'none' leaves the model's own."""
+    sent = []
+    for level in (None, "high", "none"):
+        if level is None:
+            monkeypatch.delenv("KGER_GEMINI_THINKING", raising=False)
+        else:
+            monkeypatch.setenv("KGER_GEMINI_THINKING", level)
+        with GeminiStub([text_reply(GOOD)]) as stub:
+            gemini_env(stub, cache=False).judge("right ear", candidates_for([image]))
+        config = stub.requests[0].body["generationConfig"].get("thinkingConfig") or {}
+        sent.append(config.get("thinkingLevel") or config.get("thinking_level"))
+    assert sent == ["LOW", "HIGH", None]
+    monkeypatch.setenv("KGER_GEMINI_THINKING", "lots")
+    with pytest.raises(ValueError, match="KGER_GEMINI_THINKING must be one of minimal, low, medium, high or none"):
+        gemini_settings_from_env()
+
+
 def test_server_retry_hint_is_read():
     from google.genai import errors
 
@@ -372,4 +391,4 @@ def test_stored_prompts_load_by_name():
 def test_default_fallback_is_the_offline_judge(image):
     candidate = Candidate(id="a", path=str(image), rank=1, score=0.8, label="ear-right")
     [v] = GeminiJudge(GeminiSettings()).judge("right ear, perforated drum", [candidate])
-    assert (v.judge, v.model, v.fallback) == ("offline", "offline-lexicon", "no GOOGLE_API_KEY")
+    assert (v.judge, v.model, v.fallback) == ("offline", "offline-lexicon", "no GOOGLE_API_KEY or GEMINI_API_KEY")

@@ -11,8 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.cli.common import (
-    ChromaUrlOpt, HomeOpt, JsonOpt, KOpt, LlmOpt, StoreOpt, check_llm, err_console, open_assistant, out_console,
-    print_json, set_home,
+    ChromaUrlOpt, HomeOpt, JsonOpt, KOpt, LlmOpt, StoreOpt, StrictOpt, check_llm, err_console, open_assistant,
+    out_console, print_json, set_home,
 )
 
 if TYPE_CHECKING:
@@ -92,6 +92,16 @@ class TurnProgress:
             self.status.update(f"{payload['node']} done ({payload['ms']:.0f} ms)")
 
 
+def report_fallbacks(answer: "Answer", strict: bool) -> None:
+    """--strict: FallbackError (one line, exit 1) if anything stood in for the LLM; else a note per fallback."""
+    from agent.assistant import require_no_fallback
+
+    if strict:
+        require_no_fallback(answer)
+    for note in answer.fallbacks:
+        err_console.print(f"[yellow]fallback[/yellow] {escape(note)}", soft_wrap=True)
+
+
 def ask(
     text: Annotated[Optional[str], typer.Argument(
         help="A clinical description, e.g. 'right tympanic membrane, central perforation'; '-' or nothing: "
@@ -105,6 +115,7 @@ def ask(
     chroma_url: ChromaUrlOpt = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
+    strict: StrictOpt = False,
 ):
     """Find images for a description, judged and fused, with reasons and a run id for [bold]kger trace show[/bold]."""
     set_home(home)
@@ -113,6 +124,7 @@ def ask(
     assistant = open_assistant(store, chroma_url, llm, k)
     with err_console.status("planning...") as status:
         answer = assistant.ask(text, thread_id=thread, kind="ask", on_event=TurnProgress(status))
+    report_fallbacks(answer, strict)
     if json_out:
         print_json(answer.model_dump())
     if answer.status == "error":  # a store or model failure: never an empty answer with exit 0

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from agent.cli.common import (
-    BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, PoolOpt, SHOWN, StoreOpt, check_llm,
+    SHOWN, BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, PoolOpt, StoreOpt, StrictOpt, check_llm,
     err_console, open_assistant, out_console, print_json, progress, report_skipped, set_home,
 )
 from retrieval.errors import InputError
@@ -131,7 +131,8 @@ def answer_line(query: Query, answer: Answer, store: str, k: int) -> dict:
     """The results file's line for an answered query (the rows as `AnswerRow.model_dump()` writes them)."""
     return {"query": query.text, "line": query.line, "run_id": answer.run_id, "thread_id": answer.thread_id,
             "llm": answer.llm, "store": store, "k": k, "constraints": answer.constraints,
-            "rows": [r.model_dump() for r in answer.rows], "timings": answer.timings, "error": None}
+            "rows": [r.model_dump() for r in answer.rows], "timings": answer.timings, "fallbacks": answer.fallbacks,
+            "error": None}
 
 
 def error_line(query: Query, failed: BaseException | Answer, llm: str, store: str, k: int) -> dict:
@@ -176,6 +177,7 @@ def batch(
     chroma_url: ChromaUrlOpt = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
+    strict: StrictOpt = False,
 ):
     """Answer every query of a file through the whole agent; resumable, one traced run per query.
 
@@ -184,6 +186,7 @@ def batch(
     """
     set_home(home)
     check_llm(llm)
+    from agent.assistant import require_no_fallback
     from agent.cli.queries import read_queries
 
     if str(queries) == "-":
@@ -192,6 +195,7 @@ def batch(
     report_skipped("queries", parsed.skipped, parsed.unit)
     stats = {"done": 0, "failed": 0, "fallback_rows": 0, "fallback_queries": 0, "cache_hits": 0}
     failures = []
+    fallback_reasons: dict[str, int] = {}  # what stood in for --llm gemini, and why: queries per reason
     interrupted, skipped = False, 0
     writer = ResultsWriter(out)
     try:
@@ -213,8 +217,13 @@ def batch(
                 task = bar.add_task("Answering", total=len(todo))
                 for q in todo:
                     try:
-                        ans = assistant.ask(q.text, kind="batch")
-                        doc = answer_line(q, ans, store, k) if ans.status == "ok" else error_line(q, ans, llm, store, k)
+                        answer = assistant.ask(q.text, kind="batch")
+                        for note in answer.fallbacks:
+                            fallback_reasons[note] = fallback_reasons.get(note, 0) + 1
+                        if strict and answer.status == "ok":
+                            require_no_fallback(answer)
+                        doc = (answer_line(q, answer, store, k) if answer.status == "ok"
+                               else error_line(q, answer, llm, store, k))
                     except Exception as e:  # one bad query must not stop the other hundreds
                         doc = error_line(q, e, llm, store, k)
                     if doc["error"]:
@@ -258,6 +267,7 @@ def batch(
         "submission": str(submission_path) if submission_path else None,
         "report": str(report) if report else None, "failures": failures,
         "unanswered_in_submission": unanswered,
+        "fallbacks": [{"what": note, "queries": n} for note, n in fallback_reasons.items()],
     }
     if json_out:
         print_json(summary)
@@ -274,6 +284,8 @@ def batch(
                           f"{escape(u['query'])} ({escape(u['error'])})")
     if len(unanswered) > SHOWN:
         err_console.print(f"... and {len(unanswered) - SHOWN} more queries not in the submission (all listed in --json)")
+    for note, n in list(fallback_reasons.items())[:SHOWN]:
+        err_console.print(f"[yellow]fallback[/yellow] in {n} queries: {escape(note)}", soft_wrap=True)
     if interrupted:
         err_console.print(f"Interrupted: rerun the same command to finish ({out} keeps every finished query).")
         raise typer.Exit(130)

@@ -13,12 +13,13 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
+import typer
 from rich.console import Console
 from rich.text import Text
 
 from agent.cli.ask import answer_table
 from agent.cli.common import (
-    NO_KEY_NOTICE, REMOTE_NOTICE, ChromaUrlOpt, HomeOpt, KOpt, LlmOpt, StoreOpt, check_llm, err_console,
+    NO_KEY_NOTICE, REMOTE_NOTICE, ChromaUrlOpt, HomeOpt, KOpt, LlmOpt, StoreOpt, StrictOpt, check_llm, err_console,
     open_assistant, out_console, set_home,
 )
 
@@ -76,22 +77,14 @@ def setup_readline() -> Optional[Callable[[], None]]:
     return save
 
 
-def _markup_safe(answer: Answer) -> Answer:
-    """The answer with its free text escaped for rich markup: a description or an LLM's justification may
-    hold brackets ('[/x]' would even raise), and answer_table renders them as markup."""
-    from rich.markup import escape
-
-    rows = [r.model_copy(update={k: escape(v) for k in ("justification", "fallback", "demoted")
-                                 if isinstance(v := getattr(r, k), str)}) for r in answer.rows]
-    return answer.model_copy(update={"question": escape(answer.question), "rows": rows})
-
-
 class ChatSession:
     """The state of one conversation: the assistant, the thread, the last answer; `handle` is one input line."""
 
     def __init__(self, assistant, console: Console = out_console, err: Console = err_console,
-                 announced_remote: bool = False):
+                 announced_remote: bool = False, strict: bool = False):
         self.assistant = assistant
+        self.strict = strict
+        self.strict_failures = 0  # turns --strict refused: the session then exits 1
         self.console, self.err = console, err
         self.thread_id = uuid.uuid4().hex
         self.last: Optional[Answer] = None
@@ -125,12 +118,19 @@ class ChatSession:
     def ask(self, text: str) -> None:
         with self.err.status("Searching and judging...", spinner="dots"):
             answer = self.assistant.ask(text, thread_id=self.thread_id, kind="chat")
+        if self.strict and answer.fallbacks:
+            from agent.assistant import require_no_fallback
+
+            self.strict_failures += 1
+            require_no_fallback(answer)  # the loop prints its one line; the session goes on
         self.last = answer
         self.print_answer(answer)
+        for note in answer.fallbacks:
+            self.hint(f"fallback: {note}")
 
     def print_answer(self, answer: Answer) -> None:
         if answer.rows:
-            self.console.print(answer_table(_markup_safe(answer)))
+            self.console.print(answer_table(answer))  # it escapes every free text itself
             self.print_thumbnails(answer)
         else:
             self.console.print(Text(f"No image found for {answer.question!r}."))
@@ -238,7 +238,9 @@ class ChatSession:
         if llm == "gemini" and not self.announced_remote:
             self.err.print(REMOTE_NOTICE)
             self.announced_remote = True
-        if llm == "gemini" and not os.environ.get("GOOGLE_API_KEY"):
+        from agent.llm import api_key_from_env
+
+        if llm == "gemini" and not api_key_from_env():
             self.hint(NO_KEY_NOTICE)
         self.assistant.planner, self.assistant.judge = make_planner_and_judge(llm)
         self.assistant.llm = llm
@@ -274,12 +276,13 @@ def chat(
     store: StoreOpt = "default",
     chroma_url: ChromaUrlOpt = None,
     home: HomeOpt = None,
+    strict: StrictOpt = False,
 ):
     """Talk to the assistant: describe what you look for, refine it, ask why. /help lists the commands."""
     set_home(home)
     check_llm(llm)  # announces a remote LLM once, before anything is sent
     assistant = open_assistant(store, chroma_url, llm, k)
-    session = ChatSession(assistant, announced_remote=llm == "gemini")
+    session = ChatSession(assistant, announced_remote=llm == "gemini", strict=strict)
     save_history = setup_readline()
     err_console.print(f"kger chat: store '{store}', llm {llm}, k {k}. Describe what you look for; /help for more, "
                       "Ctrl-D to quit.")
@@ -288,3 +291,6 @@ def chat(
     finally:
         if save_history:
             save_history()
+    if session.strict_failures:
+        err_console.print(f"Error: --strict: {session.strict_failures} turns fell back to offline (said above)")
+        raise typer.Exit(1)

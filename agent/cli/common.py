@@ -34,10 +34,13 @@ LlmOpt = Annotated[Literal["offline", "gemini"], typer.Option(
 PoolOpt = Annotated[int, typer.Option("--pool", min=1, max=1000, help="Candidates retrieved and judged per query.")]
 ConcurrencyOpt = Annotated[int, typer.Option(
     "--concurrency", min=1, max=64, help="Judge calls in flight at once (Gemini; the offline judge ignores it).")]
+StrictOpt = Annotated[bool, typer.Option(
+    "--strict", envvar="KGER_STRICT", help="For scripts: exit 1 (batch, eval: fail that query) when the offline "
+    "planner or judge stands in for --llm gemini, with one line saying what fell back and why.")]
 
 REMOTE_NOTICE = ("[bold yellow]Gemini selected:[/bold yellow] the description and the candidate images (cropped, "
                  "downscaled, metadata stripped) are sent to Google's API. Use --llm offline to keep everything local.")
-NO_KEY_NOTICE = "GOOGLE_API_KEY is not set: the planner and judge fall back to offline."
+NO_KEY_NOTICE = "GOOGLE_API_KEY is not set (nor GEMINI_API_KEY): the planner and judge fall back to offline."
 SHOWN = 20  # entries listed on stderr before "... and N more"; --json lists all
 
 
@@ -86,20 +89,15 @@ class KgerGroup(TyperGroup):
             raise typer.Exit(1) from None
 
 
-CRASH_SECRETS = ("GOOGLE_API_KEY", "GEMINI_API_KEY")  # never written to a crash file
-
-
 def crash_report(e: BaseException, command: Optional[str] = None) -> str:
     """Write the traceback, secrets scrubbed, to HOME/crashes/crash-<time>.txt; the sentence naming the file."""
     import traceback
     from datetime import datetime
 
     from store.paths import kger_home
-    from store.redact import MIN_SECRET_LEN, scrub_text
+    from store.redact import scrub_text  # both Gemini keys (GOOGLE_API_KEY, GEMINI_API_KEY) and ?key= in URLs
 
-    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-    secrets = [v for v in (os.environ.get(n, "") for n in CRASH_SECRETS) if len(v) >= MIN_SECRET_LEN]
-    text = scrub_text(scrub_text(text), sorted(secrets, key=len, reverse=True))
+    text = scrub_text("".join(traceback.format_exception(type(e), e, e.__traceback__)))
     try:
         folder = kger_home() / "crashes"
         folder.mkdir(parents=True, exist_ok=True)
@@ -158,7 +156,9 @@ def check_llm(llm: str) -> str:
         raise typer.BadParameter(str(e)) from None
     if llm == "gemini":
         err_console.print(REMOTE_NOTICE)
-        if not os.environ.get("GOOGLE_API_KEY"):
+        from agent.llm import api_key_from_env
+
+        if not api_key_from_env():
             err_console.print(f"[yellow]{NO_KEY_NOTICE}[/yellow]")
     return llm
 

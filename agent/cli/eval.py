@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from agent.cli.common import (
-    SHOWN, BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, StoreOpt, check_llm, err_console,
-    open_assistant, out_console, print_json, progress, report_skipped, set_home,
+    SHOWN, BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, StoreOpt, StrictOpt, check_llm,
+    err_console, open_assistant, out_console, print_json, progress, report_skipped, set_home,
 )
 
 
@@ -80,6 +80,7 @@ def evaluate(
     chroma_url: ChromaUrlOpt = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
+    strict: StrictOpt = False,
 ):
     """Recall@1/5/10, MRR and nDCG@10 for each stage (ensemble, agent retrieval, judge, fused), with deltas.
 
@@ -88,6 +89,7 @@ def evaluate(
     """
     set_home(home)
     check_llm(llm)
+    from agent.assistant import require_no_fallback
     from agent.cli import evaluate as ev
     from agent.cli.queries import read_ground_truth
 
@@ -118,6 +120,8 @@ def evaluate(
                 answer = assistant.ask(truth.query, kind="eval")
                 if answer.status == "error":  # a store or model failure is a failed query, not an empty ranking
                     raise RuntimeError(answer.error)
+                if strict:
+                    require_no_fallback(answer)
                 ensemble = [r.id for r in assistant.searcher.text(truth.query, k=k)]
             except Exception as e:
                 failed.append({"query": truth.query, "error": f"{type(e).__name__}: {e}"})
@@ -145,6 +149,7 @@ def evaluate(
     }
     if json_out:
         print_json(doc)
+        _strict_exit(strict, failed)
         return
     out_console.print(metrics_table(metrics, deltas, f"{gt.name}: {len(records)} queries, store '{store}', "
                                                      f"--llm {llm}, {k} candidates"))
@@ -160,3 +165,11 @@ def evaluate(
         best = "the default" if tuned["best"] == tuned["default"] else _describe(tuned["best"])
         out_console.print(f"default: {_describe(tuned['default'])}\nbest:    {best} ({tuned['tied_best']} of "
                           f"{tuned['grid_size']} settings tie on the tuning half; a tie goes to the default)")
+    _strict_exit(strict, failed)
+
+
+def _strict_exit(strict: bool, failed: list[dict]) -> None:
+    """--strict: a query that failed (a fallback included) makes the run exit 1, after its report."""
+    if strict and failed:
+        err_console.print(f"Error: --strict: {len(failed)} queries failed or fell back (listed above)")
+        raise typer.Exit(1)

@@ -22,7 +22,7 @@ def _default_labels(images: Path) -> Optional[Path]:
 
 
 def index(
-    images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively) or one image file.")],
+    images: Annotated[Path, typer.Argument(help="Folder of images and videos (searched recursively), or one file.")],
     bundle: Annotated[Path, typer.Option("--bundle", help="Bundle directory (kger bundle init / kger train).")],
     labels: Annotated[Optional[Path], typer.Option(
         "--labels", help="cls.json (image -> class) or CSV (image,label). Default: a cls.json beside the images.")] = None,
@@ -33,12 +33,17 @@ def index(
     chroma_url: ChromaUrlOpt = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
+    every: Annotated[str, typer.Option("--every", help="Videos: keep one frame every this long (1s, 0.5s, 500ms).")] = "1s",
+    ray: Annotated[bool, typer.Option("--ray", help="Embed on Ray (kger[scale]) into the --chroma-url server.")] = False,
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", envvar="RAY_ADDRESS", help="Ray cluster to join (ray://HOST:10001, auto) \\[default: a local runtime].")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=1024, help="With --ray: actors, each holding one ensemble.")] = 2,
 ):
-    """Index images into a store: idempotent and resumable (ids are content hashes).
+    """Index images and videos (mp4, avi, mov, mkv) into a store: idempotent and resumable (ids are content hashes).
 
     Broken files are reported and skipped; a rerun after a crash encodes only what is missing.
     """
-    set_home(home)
+    home_dir = set_home(home)
     if verbose:
         import logging
 
@@ -51,6 +56,14 @@ def index(
         raise FileNotFoundError(f"no such image folder or file: {images}")
     if no_labels and labels:
         raise typer.BadParameter("--labels and --no-labels exclude each other")
+    from retrieval.video import parse_every
+
+    try:
+        every_s = parse_every(every)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    if ray and not chroma_url:
+        raise typer.BadParameter("--ray writes from many processes: give a Chroma server with --chroma-url (or KGER_CHROMA_URL)")
     labels = None if no_labels else (labels or _default_labels(images))
     label_map = read_labels(labels) if labels else {}
     if labels:
@@ -61,11 +74,18 @@ def index(
     gallery.bind_bundle(loaded.fingerprint, loaded.path, loaded.dim)
     with progress(disable=False) as bar:
         task = bar.add_task("Indexing", total=None)
-        report = index_images(
-            loaded.ensemble, gallery, images, labels=label_map, batch_size=batch_size,
+        hooks = dict(
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
             on_skip=lambda p, why: err_console.print(f"[yellow]skipped[/yellow] {p}: {why}"),
+            every=every_s, frames_dir=home_dir / "frames",
         )
+        if ray:
+            from agent.cli.ray_index import index_on_ray
+
+            report = index_on_ray(images, bundle, store, chroma_url, ray_address, workers, label_map,
+                                  batch_size, hooks)
+        else:
+            report = index_images(loaded.ensemble, gallery, images, labels=label_map, batch_size=batch_size, **hooks)
     summary = {
         "store": store, "indexed": report.indexed, "already_present": report.present,
         "skipped": [{"path": p, "reason": r} for p, r in report.skipped],

@@ -2,8 +2,8 @@
 
 One character cell shows two pixels stacked: '▀' in the top pixel's colour on the bottom pixel's colour,
 so a 16x8-cell thumbnail is a 16x16-pixel picture of the circle-cropped endoscopic field. Rich downgrades
-the truecolor to 256 or 16 colours where the terminal has fewer; where it has none, callers print no
-thumbnails (see `can_draw`).
+the truecolor to 256 or 16 colours where the terminal has fewer; where it has none, or NO_COLOR is set,
+callers print no thumbnails (see `can_draw`).
 """
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ GAP = 2  # blank cells between thumbnails
 
 
 def can_draw(console: Console) -> bool:
-    """Thumbnails only make sense on a terminal that shows colour."""
-    return console.color_system is not None
+    """Thumbnails only make sense on a terminal that shows colour. NO_COLOR (https://no-color.org) leaves
+    rich's colour system detected but strips every colour, which would print grids of blank half blocks."""
+    return console.color_system is not None and not console.no_color
 
 
 @lru_cache(maxsize=256)

@@ -2,7 +2,9 @@
 
 Every answer is validated (Pydantic, score clamped to [0, 1]) before it counts. Anything else (no key,
 network error, 429 or 5xx after our retries, timeout, refusal, malformed or empty answer, unreadable image)
-gives the offline verdict for that candidate, with `fallback` saying why: `judge()` never raises. Good
+gives the offline verdict for that candidate, with `fallback` saying why: `judge()` never raises. An error no
+retry can fix (bad key, no permission, unknown model, rejected request) opens the session's circuit
+(agent/llm.py): the judge then asks nothing more in that run and says why in every verdict. Good
 answers are cached by (model, prompt hash, image hash, query), so asking the same question again costs no call
 (and is answered even without a key: the cache is read before the client is built).
 """
@@ -19,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, Un
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from agent.judges.base import Candidate, Verdict
-from agent.llm import (GeminiCallError, GeminiSettings, GeminiUnavailable, failure_reason,
-                       gemini_settings_from_env, invoke_with_retries, make_gemini_chat)
+from agent.llm import (GeminiCallError, GeminiSession, GeminiSettings, GeminiUnavailable, failure_reason,
+                       gemini_settings_from_env)
 from agent.prompts import Prompt, escape_user_text, load_prompt
 
 if TYPE_CHECKING:
@@ -136,10 +138,13 @@ class GeminiJudge:
 
     def __init__(self, settings: Optional[GeminiSettings] = None, *, fallback: Optional[Fallback] = None,
                  cache: Union["JudgeCache", bool, None] = True, max_concurrency: int = 4,
-                 prompt: Union[Prompt, str] = PROMPT_NAME, chat_kwargs: Optional[dict[str, Any]] = None):
-        """`settings` default to the environment (read on first use); `cache=True` opens the one under
-        KGER_HOME, a `JudgeCache` is used as is, False/None disables caching."""
-        self._settings = settings
+                 prompt: Union[Prompt, str] = PROMPT_NAME, chat_kwargs: Optional[dict[str, Any]] = None,
+                 session: Optional[GeminiSession] = None):
+        """`settings` default to the environment (read on first use), or to `session`'s: a session shared
+        with the planner shares its rate limiter and circuit. `cache=True` opens the one under KGER_HOME,
+        a `JudgeCache` is used as is, False/None disables caching."""
+        self._session = session
+        self._settings = session.settings if session is not None and settings is None else settings
         self._fallback = fallback or _default_fallback
         self._cache_arg = cache
         self._cache: Optional["JudgeCache"] = None
@@ -160,9 +165,15 @@ class GeminiJudge:
     def model(self) -> str:
         return self.settings.model
 
+    @property
+    def session(self) -> GeminiSession:
+        if self._session is None:
+            self._session = GeminiSession(self.settings)
+        return self._session
+
     def _get_chat(self) -> Any:
         if self._chat is None:
-            self._chat = make_gemini_chat(self.settings, **self._chat_kwargs)
+            self._chat = self.session.chat(**self._chat_kwargs)
         return self._chat
 
     def _get_cache(self) -> Optional["JudgeCache"]:
@@ -200,8 +211,9 @@ class GeminiJudge:
         todo = [i for i, v in enumerate(verdicts) if v is None]
         if todo:
             try:
+                self.session.circuit.check()
                 chat = self._get_chat()
-            except GeminiUnavailable as e:
+            except (GeminiUnavailable, GeminiCallError) as e:
                 reason = str(e)
                 chat = None
             except Exception as e:  # noqa: BLE001
@@ -266,7 +278,7 @@ class GeminiJudge:
         ])
         raw = None
         try:
-            reply = invoke_with_retries(chat, [message], settings, response_mime_type="application/json",
+            reply = self.session.invoke(chat, [message], kind="judge", response_mime_type="application/json",
                                         response_json_schema=RESPONSE_SCHEMA)
             raw = _answer_text(reply)
             finish = (getattr(reply, "response_metadata", None) or {}).get("finish_reason")

@@ -1,0 +1,171 @@
+"""`kger index --ray`: the same indexing, spread over a Ray cluster (or a local Ray runtime), into a Chroma server.
+
+Ray Data streams *source files* through ``map_batches`` with a pool of actors, each holding one ensemble and
+one connection to the Chroma server. An actor turns its batch into items exactly as the single-process path
+does (``indexer.plan_items``: an image is one item, a video is decoded into its kept frames), drops the ids the
+server already holds, encodes the rest with ``indexer.encode_batch`` and upserts them at once. So:
+
+- ids and vectors are the single-process ones (same item plan, same encoder, same content-hash ids);
+- a killed worker's batch is retried by Ray (upserts are idempotent), and after a killed driver a rerun asks
+  the server which ids it has and encodes only the rest: nothing is indexed twice;
+- video decoding is spread over the workers too (one video per batch), not left to the driver.
+
+Only the driver walks the folder and hashes files (to find duplicates); every node must see the images,
+the videos and the frames folder at the same paths (a shared filesystem), and have kger installed.
+Without an address, a local runtime is started on this machine: ``workers`` CPUs, no dashboard, no usage
+statistics, bound to 127.0.0.1.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+from retrieval.indexer import IndexReport, encode_batch, find_images, hash_files, plan_items
+from retrieval.video import VIDEO_SUFFIXES
+
+log = logging.getLogger("kger.index.ray")
+LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024  # a batch of paths and statuses needs little; leave RAM to the models
+
+
+class RayUnavailable(ValueError):
+    """Ray (the optional `scale` extra) is not installed, or the cluster cannot be reached."""
+
+
+def start_ray(address: Optional[str], workers: int):
+    """Connect to a cluster at `address`, or start a private local runtime of `workers` CPUs.
+
+    Returns (ray, started): `started` when this call connected, so the caller disconnects (and a local
+    runtime stops) when it is done; a caller already connected keeps its own session."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # before ray is imported: no usage report, ever
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # the C++ core's warnings are not the user's business
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailable("--ray needs Ray: pip install 'kger[scale]'") from None
+    if ray.is_initialized():
+        return ray, False
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            ray.init(
+                num_cpus=max(1, workers), include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.WARNING,
+            )
+    except ConnectionError as e:
+        raise RayUnavailable(f"Cannot reach the Ray cluster at {address} ({e})") from None
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset INFO lines between kger's own
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # kger draws its own
+    ctx.print_on_execution_start = False
+    return ray, True
+
+
+class _Encoder:
+    """One Ray actor: one ensemble, one store connection; a batch of source files in, one status row per item out."""
+
+    def __init__(self, load_model: Callable, open_store: Callable, labels: dict, every: float, frames_dir: str,
+                 batch_size: int):
+        self.ens = load_model()
+        self.gallery = open_store()
+        self.labels, self.every, self.frames_dir, self.batch_size = labels, every, Path(frames_dir), batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        out: dict[str, list] = {"path": [], "status": [], "reason": []}
+
+        def row(path, status: str, reason: str = "") -> None:
+            out["path"].append(str(path))
+            out["status"].append(status)
+            out["reason"].append(reason)
+
+        by_id = {str(i): Path(p) for i, p in zip(batch["id"], batch["path"])}
+        items = plan_items(by_id, lambda p, why: row(p, "skipped", why), every=self.every, frames_dir=self.frames_dir)
+        present = self.gallery.existing_ids([i for i, _, _ in items])
+        todo = []
+        for item in items:
+            if item[0] in present:
+                row(item[1], "present")
+            else:
+                todo.append(item)
+        for start in range(0, len(todo), self.batch_size):
+            ids, vecs, metas, skipped = encode_batch(self.ens, todo[start : start + self.batch_size], self.labels)
+            for p, why in skipped:
+                row(p, "skipped", why)
+            if ids:
+                self.gallery.upsert(ids, vecs, metas)
+                for m in metas:
+                    row(m["path"], "indexed")
+        return out
+
+
+def index_with_ray(
+    root: str | Path,
+    *,
+    load_model: Callable,
+    open_store: Callable,
+    labels: Optional[dict[str, str]] = None,
+    batch_size: int = 16,
+    workers: int = 2,
+    address: Optional[str] = None,
+    every: float = 1.0,
+    frames_dir: Optional[Path] = None,
+    on_progress: Optional[Callable[[int, int], None]] = None,
+    on_skip: Optional[Callable[[str, str], None]] = None,
+) -> IndexReport:
+    """Index `root` like ``index_images``, on Ray. `load_model()` and `open_store()` run inside each actor
+    (they must pickle: e.g. functools.partial of a module-level function)."""
+    report = IndexReport()
+
+    def skip(path, why: str) -> None:
+        report.skipped.append((str(path), why))
+        if on_skip:
+            on_skip(str(path), why)
+
+    paths, odd = find_images(root)
+    for p, why in odd:
+        skip(p, why)
+    by_id = hash_files(paths, report, skip)
+    images = [{"id": i, "path": str(p)} for i, p in by_id.items() if p.suffix.lower() not in VIDEO_SUFFIXES]
+    videos = [{"id": i, "path": str(p)} for i, p in by_id.items() if p.suffix.lower() in VIDEO_SUFFIXES]
+    if videos and frames_dir is None:
+        raise ValueError("indexing a video needs a frames folder (frames_dir)")
+    actor_args = dict(load_model=load_model, open_store=open_store, labels=dict(labels or {}), every=every,
+                      frames_dir=str(frames_dir or ""), batch_size=batch_size)
+    done, total = 0, len(by_id)
+    if on_progress:
+        on_progress(0, total)
+    ray, started = start_ray(address, workers)
+    try:
+        # Images in batches of `batch_size`; videos one per batch (one video may be hundreds of frames).
+        for rows, per_batch in ((images, batch_size), (videos, 1)):
+            for out in _stream(ray, rows, per_batch, workers, actor_args):
+                for path, status, reason in zip(out["path"], out["status"], out["reason"]):
+                    if status == "indexed":
+                        report.indexed += 1
+                    elif status == "present":
+                        report.present += 1
+                    else:
+                        skip(path, str(reason))
+                done = min(total, done + (len(out["path"]) if per_batch > 1 else 1))
+                if on_progress:
+                    on_progress(done, total)
+    finally:
+        if started:
+            ray.shutdown()
+    log.info("ray: %s", json.dumps({"indexed": report.indexed, "present": report.present}))
+    return report
+
+
+def _stream(ray, rows: list[dict], per_batch: int, workers: int, actor_args: dict):
+    """Status batches as the actors finish them (Ray Data streams: the driver never holds the whole output)."""
+    if not rows:
+        return
+    ds = ray.data.from_items(rows).map_batches(
+        _Encoder, fn_constructor_kwargs=actor_args, batch_size=per_batch, num_cpus=1, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
+    )
+    yield from ds.iter_batches(batch_size=None, batch_format="numpy")

@@ -1,0 +1,91 @@
+"""`kger index --ray` on a local Ray runtime (2 CPUs) into a real `chroma run`: the single-process ids and
+vectors, and a rerun after the driver is killed mid-run stores everything exactly once."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray", reason="Ray is not installed: the --ray path needs the `scale` extra (pip install -e '.[scale]')")
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+KGER = [sys.executable, "-c", "from agent.cli import main; main()"]
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """The driver and what it started (its local Ray runtime) share the session the test gave it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _server_count(url: str, collection: str) -> int:
+    import chromadb
+
+    host, port = url.rsplit("//", 1)[1].split(":")
+    try:
+        return chromadb.HttpClient(host=host, port=int(port)).get_collection(collection).count()
+    except Exception:  # not created yet
+        return 0
+
+
+def test_ray_index_matches_single_process_and_resumes_after_killed_driver(real_store, entrep_train, chroma_server,
+                                                                          tmp_path):
+    home, bundle = real_store
+    store = "ray-resume"
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "KGER_HOME": str(tmp_path / "home"), "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = KGER + ["index", str(entrep_train / "imgs"), "--bundle", str(bundle), "--store", store, "--ray",
+                  "--workers", "2", "--chroma-url", chroma_server, "--batch-size", "2", "--json"]
+    log = open(tmp_path / "first.log", "wb")
+    first = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while (n := _server_count(chroma_server, "kger-" + store)) == 0:
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no batch stored within 300 s"
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)  # the driver alone, mid-run
+        first.wait()
+    finally:
+        _kill_group(first)
+        log.close()
+    assert 0 < n < 69, f"the driver was to be killed mid-run, with {n} stored"
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads(rerun.stdout)
+    assert summary["already_present"] >= n and summary["indexed"] + summary["already_present"] == 69
+    assert summary["count"] == 69 and len(summary["duplicates"]) == 1 and summary["skipped"] == []
+
+    from store.gallery import Gallery
+
+    with Gallery.open(store, url=chroma_server) as on_ray, Gallery.open("default", home=home) as single:
+        ray_meta, single_meta = dict(on_ray.all_metadata()), dict(single.all_metadata())
+        assert sorted(ray_meta) == sorted(single_meta)
+        assert ray_meta == single_meta  # labels, paths, names, predictions
+        ids = sorted(ray_meta)
+        a = np.stack([h.embedding for h in on_ray.get(ids)])
+        b = np.stack([h.embedding for h in single.get(ids)])
+        assert on_ray.bundle["fingerprint"] == single.bundle["fingerprint"]
+    np.testing.assert_allclose(a, b, atol=1e-5)  # other batch compositions: float32 rounding only
+
+
+def test_ray_needs_a_chroma_server(entrep_train, tmp_path):
+    bundle = tmp_path / "bundle"  # never loaded: the usage error comes first
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    r = CliRunner().invoke(app, ["index", str(entrep_train / "imgs"), "--bundle", str(bundle), "--ray",
+                                 "--home", str(tmp_path / "home")])
+    assert r.exit_code == 2 and "--chroma-url" in r.output
