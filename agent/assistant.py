@@ -30,6 +30,22 @@ if TYPE_CHECKING:
 LLMS = ("offline", "gemini")
 
 
+def service_failure(e: BaseException) -> bool:
+    """A failure of the store or a model during a turn (not bad input, not a bug): the turn's answer says so.
+
+    kger's own errors other than bad input (StoreError: a lost Chroma server, a store that cannot be read),
+    OS and network errors, and the Gemini client's errors once its fallbacks are spent."""
+    from retrieval.errors import KgerError
+
+    if isinstance(e, InputError):
+        return False
+    if isinstance(e, (KgerError, OSError, TimeoutError)):
+        return True
+    from agent.llm import GeminiCallError, GeminiUnavailable
+
+    return isinstance(e, (GeminiCallError, GeminiUnavailable))
+
+
 def check_llm(llm: str) -> str:
     """The one check of an --llm / /llm value; the InputError names the choices."""
     if llm not in LLMS:
@@ -122,6 +138,10 @@ class Assistant:
 
             self.checkpointer = InMemorySaver(serde=serializer())
         self.graph = build_graph().compile(checkpointer=self.checkpointer)
+        # one-shot turns (no thread given) never touch the persistent checkpointer: see `ask`
+        from langgraph.checkpoint.memory import InMemorySaver
+
+        self._one_shot = build_graph().compile(checkpointer=InMemorySaver(serde=serializer()))
         self.fallback_planner = OfflinePlanner()
 
     @classmethod
@@ -154,13 +174,23 @@ class Assistant:
         `on_event(kind, payload)` sees the turn as it runs: ("node", {node, ms}) as each node finishes and
         ("progress", {...}) from the judge ("judged 7/20"), through `Context.progress`. Not LangGraph's "custom"
         stream mode: that runs the nodes in a worker thread, and then Ctrl-C cannot end a turn whose remote call
-        hangs (the stream waits for the thread)."""
+        hangs (the stream waits for the thread).
+
+        With a `thread_id` the turn continues (and is kept in) that conversation thread, as the chat does.
+        Without one it is a one-shot (ask, batch, eval): it runs on an in-memory checkpointer and its thread
+        is dropped after the turn, so the checkpoint database does not grow by a query's state per query.
+
+        A store or model failure during the turn (a `KgerError` other than bad input, an OS or network
+        error) does not raise: the answer carries status 'error' and the reason, the trace says the same.
+        Bad input and anything else (a bug) raise."""
+        keep = thread_id is not None
         thread_id = thread_id or uuid.uuid4().hex
+        graph = self.graph if keep else self._one_shot
         run_id = None
         if self.traces is not None:
             run_id = self.traces.start_run(input=question, kind=kind, llm=self.llm, store=self.store_name,
                                            bundle=self.searcher.bundle.fingerprint, models=self.models(),
-                                           thread_id=thread_id)
+                                           thread_id=thread_id if keep else None)
         run_id = run_id or uuid.uuid4().hex
         ctx = Context(searcher=self.searcher, planner=self.planner, fallback_planner=self.fallback_planner,
                       judge=self.judge, run_id=run_id, k=self.k, pool=self.pool, fuse=self.fuse, llm=self.llm,
@@ -170,8 +200,8 @@ class Assistant:
         seen: dict[str, Any] = {}  # the turn's state so far, from the updates
         t0 = last = time.perf_counter()
         try:
-            for update in self.graph.stream({"messages": [HumanMessage(content=question)]}, config=config,
-                                            context=ctx, stream_mode="updates"):
+            for update in graph.stream({"messages": [HumanMessage(content=question)]}, config=config,
+                                       context=ctx, stream_mode="updates"):
                 now = time.perf_counter()
                 for node, values in update.items():
                     timings[node] = round((now - last) * 1000, 2)
@@ -180,18 +210,36 @@ class Assistant:
                     if on_event is not None:
                         on_event("node", {"node": node, "ms": timings[node]})
                 last = now
-            state = self.graph.get_state(config).values
-        except BaseException as e:
+            state = graph.get_state(config).values
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"
+            if self.traces is not None:
+                self.traces.finish_run(run_id, answer=None, timings=timings, status="error", error=error)
+            if not service_failure(e):
+                raise
+            timings["total"] = round((time.perf_counter() - t0) * 1000, 2)
+            return Answer(question=seen.get("question") or question, constraints=seen.get("constraints") or {},
+                          run_id=run_id, llm=self.llm, thread_id=thread_id if keep else None, timings=timings,
+                          input=question, status="error", error=" ".join(error.split()))
+        except BaseException as e:  # Ctrl-C: the run is marked, the interrupt goes on
             if self.traces is not None:
                 self.traces.finish_run(run_id, answer=None, timings=timings, status="error",
                                        error=f"{type(e).__name__}: {e}")
             raise
+        finally:
+            if not keep:
+                self._one_shot.checkpointer.delete_thread(thread_id)
         timings["total"] = round((time.perf_counter() - t0) * 1000, 2)
         answer = (state.get("answer") or Answer()).model_copy(
-            update={"run_id": run_id, "thread_id": thread_id, "timings": timings, "input": question,
+            update={"run_id": run_id, "thread_id": thread_id if keep else None, "timings": timings,
+                    "input": question,
                     "fallbacks": fallback_notes(seen.get("plan_fallback"), seen.get("verdicts") or [])})
+        if not answer.rows and seen.get("tool_errors"):  # every search was refused: say so, not "no image"
+            answer = answer.model_copy(update={
+                "status": "error", "error": " ".join(f"no search could run: {seen['tool_errors'][0]}".split())})
         if self.traces is not None:
-            self.traces.finish_run(run_id, answer=answer.model_dump(), timings=timings, status="ok")
+            self.traces.finish_run(run_id, answer=answer.model_dump(), timings=timings, status=answer.status,
+                                   error=answer.error)
         return answer
 
     def _record(self, run_id: str, node: str, update: dict, seen: dict, ms: float) -> None:
@@ -201,7 +249,9 @@ class Assistant:
         if node == "plan":
             self.traces.add_event(run_id, "plan", "tool_calls", {
                 "planner": update.get("planner"), "fallback": update.get("plan_fallback"),
-                "tool_calls": [dict(c) for c in update["messages"][-1].tool_calls], "ms": ms})
+                "tool_calls": [dict(c) for c in update["messages"][-1].tool_calls],
+                "constraints": update.get("constraints") or {},
+                "conflicts": update.get("constraint_conflicts") or [], "ms": ms})
         elif node == "judge":
             self.traces.add_event(run_id, "retrieve", "candidates", {
                 "candidates": [c.model_dump() for c in update["candidates"]], "errors": update["tool_errors"]})

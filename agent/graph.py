@@ -4,6 +4,7 @@ from __future__ import annotations
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph import END, START, StateGraph
 from langgraph.prebuilt import ToolNode
+from langgraph.prebuilt.tool_node import ToolInvocationError
 
 from agent.answer import answer
 from agent.context import Context
@@ -15,6 +16,7 @@ from agent.posfuse import FusedRow
 from agent.state import Answer, AnswerRow, InputState, State
 from agent.tools import TOOLS
 from retrieval.candidate import Candidate
+from retrieval.errors import InputError
 
 CHECKPOINT_TYPES = (Candidate, Verdict, FusedRow, AnswerRow, Answer)
 
@@ -25,11 +27,18 @@ def serializer() -> JsonPlusSerializer:
     return JsonPlusSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES)
 
 
+def tool_node() -> ToolNode:
+    """The tools node. Only bad arguments become a tool message the judge node reads as a tool error (a
+    planner's invalid filter, a '#9' the previous answer lacks); a store or model failure propagates, so the
+    turn fails loudly (`Assistant.ask` gives an error answer) instead of answering "No image found"."""
+    return ToolNode(TOOLS, handle_tool_errors=(ToolInvocationError, InputError))
+
+
 def build_graph() -> StateGraph:
     """The uncompiled graph; compile it with a checkpointer (SqliteSaver in the CLI, in-memory in tests)."""
     builder = StateGraph(State, input_schema=InputState, context_schema=Context)
     builder.add_node(plan)
-    builder.add_node("tools", ToolNode(TOOLS, handle_tool_errors=True))
+    builder.add_node("tools", tool_node())
     builder.add_node(judge)
     builder.add_node(fuse)
     builder.add_node(answer)

@@ -7,7 +7,7 @@ the `Answer`, and its `model_dump()` is the JSON they write.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph import add_messages
@@ -68,6 +68,9 @@ class Answer(BaseModel):
     input: Optional[str] = None
     fallbacks: list[str] = Field(default_factory=list, description="what stood in for the chosen LLM, and why "
                                  "(the offline planner, the offline judge); --strict fails on any")
+    # -- failures are never silent (issue 10): a turn whose store or model failed says so, with the reason
+    status: Literal["ok", "error"] = Field(default="ok", description="'error' when the turn could not be answered")
+    error: Optional[str] = Field(default=None, description="why the turn failed, one line")
 
 
 @dataclass
@@ -84,6 +87,9 @@ class State(InputState):
     constraints: dict[str, str] = field(default_factory=dict)
     """Region / side / state the description pins down; the answer never contradicts them (see fuse.py)."""
 
+    constraint_conflicts: list[dict] = field(default_factory=list)
+    """Filters the planner dropped or contradicted, with both values (agent/constraints.py put them back)."""
+
     planner: str = ""
     """Who planned this turn: 'offline', or the --llm whose planner answered."""
 
@@ -91,7 +97,8 @@ class State(InputState):
     """Why the offline planner stood in, if it did."""
 
     tool_errors: list[str] = field(default_factory=list)
-    """Tool calls of this turn that failed, as the tool node reported them."""
+    """Tool calls of this turn refused for bad arguments, as the tool node reported them (any other tool
+    failure stops the turn: `Assistant.ask` answers it with an error status)."""
 
     candidates: list[Candidate] = field(default_factory=list)
     """Retrieved images of this turn, merged over the planner's queries, in retrieval order."""

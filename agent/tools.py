@@ -50,6 +50,18 @@ def _searcher() -> Searcher:
     return get_runtime(Context).context.searcher
 
 
+def _filtered(search, k: int, query: str, region=None, side=None, state=None, exclude: str = "") -> list[Candidate]:
+    """`search(n, classes)` with the filters, which match labels and trusted predictions only (the indexer's
+    `cls`): images known to satisfy them first, then uncertain ones, then those known not to."""
+    classes = classes_for(region, side, state) if (region or side or state) else None
+    if classes is None:
+        return _tagged([r for r in search(k + 1, None) if r.id != exclude][:k], query)
+    first = [r for r in search(k + 1, classes) if r.id != exclude][:k]
+    matched = {r.id for r in first}
+    rest = [] if len(first) >= k else [r for r in search(k + 1, None) if r.id not in matched and r.id != exclude]
+    return _tagged(filter_order(_tagged(first + rest, query, classes))[:k], query, classes)
+
+
 @tool(response_format="content_and_artifact")
 def retrieve(
     query: str,
@@ -65,25 +77,25 @@ def retrieve(
     is uncertain, then those known not to.
     """
     searcher = _searcher()
-    k = max(1, min(int(k), 200))
-    classes = classes_for(region, side, state) if (region or side or state) else None
     vec = searcher.encode_text(query)
-    if classes is None:
-        cands = _tagged(searcher.by_vector(vec, k), query)
-    else:  # the filter matches labels and trusted predictions only (the indexer's `cls`)
-        first = searcher.by_vector(vec, k, classes)
-        matched = {r.id for r in first}
-        rest = [] if len(first) >= k else [r for r in searcher.by_vector(vec, k) if r.id not in matched]
-        cands = _tagged(filter_order(_tagged(first, query, classes) + _tagged(rest, query, classes))[:k],
-                        query, classes)
+    cands = _filtered(lambda n, classes: searcher.by_vector(vec, n, classes), max(1, min(int(k), 200)), query,
+                      region, side, state)
     return _summary(cands), cands
 
 
 @tool(response_format="content_and_artifact")
-def similar(image: str, answer: Annotated[Optional[Answer], InjectedState("answer")] = None, k: int = 20):
-    """Find images that look like one image: '#N' (rank N of the previous answer), an image id, or a file path."""
+def similar(
+    image: str,
+    answer: Annotated[Optional[Answer], InjectedState("answer")] = None,
+    region: Optional[Region] = None,
+    side: Optional[Literal["left", "right"]] = None,
+    state: Optional[Literal["open", "closed"]] = None,
+    k: int = 20,
+):
+    """Find images that look like one image: '#N' (rank N of the previous answer), an image id, or a file path.
+
+    Optional filters as for `retrieve` (a follow-up keeps the conversation's region, side and state)."""
     searcher = _searcher()
-    k = max(1, min(int(k), 200))
     ref = image.strip()
     if ref.startswith("#") and ref[1:].isdigit():
         rows = answer.rows if answer else []
@@ -94,10 +106,11 @@ def similar(image: str, answer: Annotated[Optional[Answer], InjectedState("answe
     if Path(ref).is_file():
         from retrieval.preprocess import file_sha256
 
-        reference, results = file_sha256(ref), searcher.image(ref, k=k + 1)
+        reference, search = file_sha256(ref), (lambda n, classes: searcher.image(ref, k=n, classes=classes))
     else:
-        reference, results = ref, searcher.like(ref, k=k + 1)
-    cands = _tagged([r for r in results if r.id != reference][:k], f"like {image}")  # other images than #2
+        reference, search = ref, (lambda n, classes: searcher.like(ref, k=n, classes=classes))
+    # other images than the reference itself ("more like #2" never answers #2)
+    cands = _filtered(search, max(1, min(int(k), 200)), f"like {image}", region, side, state, exclude=reference)
     return _summary(cands), cands
 
 

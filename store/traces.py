@@ -147,6 +147,33 @@ class TraceDB:
         if cursor.rowcount == 0:
             raise UnknownRunError(f"No run {run_id!r} in {self.path}")
 
+    # -- pruning -------------------------------------------------------------------------------
+    def prune(self, before: datetime) -> dict:
+        """Delete the runs started before `before` with their events, in one transaction; then VACUUM.
+
+        Returns the counts and the conversation threads no remaining run refers to (a chat thread whose
+        later turns are kept stays), so the caller can drop their checkpoints too."""
+        cutoff = to_utc_text(before)
+        with self._lock:
+            self._db.execute("begin immediate")
+            try:
+                old = "select id from runs where created < ?"
+                events = self._db.execute(
+                    f"select count(*) from events where run_id in ({old})", (cutoff,)).fetchone()[0]
+                threads = {r[0] for r in self._db.execute(
+                    "select distinct thread_id from runs where created < ? and thread_id is not null", (cutoff,))}
+                self._db.execute(f"delete from events where run_id in ({old})", (cutoff,))
+                runs = self._db.execute("delete from runs where created < ?", (cutoff,)).rowcount
+                kept = {r[0] for r in self._db.execute(
+                    "select distinct thread_id from runs where thread_id is not null")}
+                self._db.execute("commit")
+            except BaseException:
+                self._db.execute("rollback")
+                raise
+            self._db.execute("vacuum")
+            self._db.execute("pragma wal_checkpoint(truncate)")
+        return {"runs": runs, "events": events, "threads": sorted(threads - kept)}
+
     # -- reading -------------------------------------------------------------------------------
     def list_runs(
         self,

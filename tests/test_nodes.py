@@ -5,18 +5,17 @@ from __future__ import annotations
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.graph import START, StateGraph
-from langgraph.prebuilt import ToolNode
 from langgraph.runtime import Runtime
 
 from agent.answer import answer
 from agent.context import Context
 from agent.fuse import fuse
+from agent.graph import tool_node
 from agent.judge import judge
 from agent.judges.base import Verdict
 from agent.judges.offline import OfflineJudge
 from agent.plan import OfflinePlanner, plan
 from agent.state import Answer, AnswerRow, State
-from agent.tools import TOOLS
 from retrieval.candidate import Candidate
 
 
@@ -33,7 +32,7 @@ def cand(id: str, score: float, label=None, **kw) -> Candidate:
 def run_tools(searcher, calls: list[dict], previous: Answer | None = None, pool: int = 4) -> list[ToolMessage]:
     """The tools node alone, in a one-node graph (the tools read the run's context as in the real graph)."""
     builder = StateGraph(State, context_schema=Context)
-    builder.add_node("tools", ToolNode(TOOLS, handle_tool_errors=True))
+    builder.add_node("tools", tool_node())
     builder.add_edge(START, "tools")
     out = builder.compile().invoke({"messages": [AIMessage(content="", tool_calls=calls)], "answer": previous},
                                    context=runtime(searcher, pool=pool).context)

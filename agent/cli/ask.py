@@ -109,7 +109,9 @@ def ask(
     llm: LlmOpt = "offline",
     k: KOpt = 5,
     store: StoreOpt = "default",
-    thread: Annotated[Optional[str], typer.Option("--thread", help="Continue a conversation thread (follow-ups).")] = None,
+    thread: Annotated[Optional[str], typer.Option("--thread", help="Start or continue a named conversation thread "
+                                                  "(follow-ups); without it the question is one-shot and keeps no "
+                                                  "conversation state.")] = None,
     chroma_url: ChromaUrlOpt = None,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
@@ -125,6 +127,11 @@ def ask(
     report_fallbacks(answer, strict)
     if json_out:
         print_json(answer.model_dump())
+    if answer.status == "error":  # a store or model failure: never an empty answer with exit 0
+        err_console.print(f"Error: no answer ({answer.error}); details: kger trace show {answer.run_id[:12]}",
+                          markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+    if json_out:
         return
     out_console.print(answer_table(answer))
     traced = f"  (kger trace show {answer.run_id[:12]})" if assistant.traces is not None else "  (not recorded)"

@@ -135,9 +135,15 @@ def answer_line(query: Query, answer: Answer, store: str, k: int) -> dict:
             "error": None}
 
 
-def error_line(query: Query, error: BaseException, llm: str, store: str, k: int) -> dict:
-    return {"query": query.text, "line": query.line, "run_id": None, "thread_id": None, "llm": llm, "store": store,
-            "k": k, "constraints": {}, "rows": [], "timings": {}, "error": f"{type(error).__name__}: {error}"}
+def error_line(query: Query, failed: BaseException | Answer, llm: str, store: str, k: int) -> dict:
+    """The line of a query that got no answer: an exception, or an answer whose store or model failed (its run
+    id leads to the trace). A rerun retries every line with an error."""
+    if isinstance(failed, BaseException):
+        run_id, error = None, f"{type(failed).__name__}: {failed}"
+    else:
+        run_id, error = failed.run_id, failed.error or "the turn failed"
+    return {"query": query.text, "line": query.line, "run_id": run_id, "thread_id": None, "llm": llm, "store": store,
+            "k": k, "constraints": {}, "rows": [], "timings": {}, "error": error}
 
 
 def _stdin_queries() -> Path:
@@ -219,11 +225,13 @@ def batch(
                         answer = assistant.ask(q.text, kind="batch")
                         for note in answer.fallbacks:
                             fallback_reasons[note] = fallback_reasons.get(note, 0) + 1
-                        if strict:
+                        if strict and answer.status == "ok":
                             require_no_fallback(answer)
-                        doc = answer_line(q, answer, store, k)
+                        doc = (answer_line(q, answer, store, k) if answer.status == "ok"
+                               else error_line(q, answer, llm, store, k))
                     except Exception as e:  # one bad query must not stop the other hundreds
                         doc = error_line(q, e, llm, store, k)
+                    if doc["error"]:
                         stats["failed"] += 1
                         failures.append({"query": q.text, "line": q.line, "error": doc["error"]})
                         err_console.print(line("[red]failed[/red] ", literal(f"{parsed.unit} {q.line}: {doc['error']}")))
@@ -242,8 +250,14 @@ def batch(
 
     results, _ = read_results(out)
     in_order = [results[q.text] for q in parsed.items if q.text in results]
+    unanswered = []
     if submission_path:
-        _write_atomic(submission_path, json.dumps(submission(in_order), indent=2, ensure_ascii=False) + "\n")
+        sub = submission(in_order)
+        _write_atomic(submission_path, json.dumps(sub, indent=2, ensure_ascii=False) + "\n")
+        unanswered = [{parsed.unit: q.line, "query": q.text,
+                       "error": (results.get(q.text) or {}).get("error") or ("no answer yet" if q.text not in results
+                                                                            else "no image found")}
+                      for q in parsed.items if q.text not in sub]
     if report:
         from agent.cli.report import render_batch
 
@@ -257,6 +271,7 @@ def batch(
         "answered_in_file": sum(1 for d in in_order if not d.get("error")),
         "submission": str(submission_path) if submission_path else None,
         "report": str(report) if report else None, "failures": failures,
+        "unanswered_in_submission": unanswered,
         "fallbacks": [{"what": note, "queries": n} for note, n in fallback_reasons.items()],
     }
     if json_out:
@@ -269,6 +284,11 @@ def batch(
         for path, what in ((submission_path, "submission"), (report, "report")):
             if path:
                 out_console.print(literal(f"{what}: {path}", limit=None))
+    for u in unanswered[:SHOWN]:  # the submission is incomplete: every missing query is named
+        err_console.print(line(f"[yellow]not in the submission[/yellow] {parsed.unit} {u[parsed.unit]}: ",
+                               literal(f"{u['query']} ({u['error']})")))
+    if len(unanswered) > SHOWN:
+        err_console.print(f"... and {len(unanswered) - SHOWN} more queries not in the submission (all listed in --json)")
     for note, n in list(fallback_reasons.items())[:SHOWN]:
         err_console.print(line(f"[yellow]fallback[/yellow] in {n} queries: ", literal(note)), soft_wrap=True)
     if interrupted:

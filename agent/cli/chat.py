@@ -118,6 +118,10 @@ class ChatSession:
     def ask(self, text: str) -> None:
         with self.err.status("Searching and judging...", spinner="dots"):
             answer = self.assistant.ask(text, thread_id=self.thread_id, kind="chat")
+        if answer.status == "error":  # a store or model failure: say so, never an empty table
+            self.err.print(line("[red]error:[/red] ", literal(answer.error or "the turn failed")),
+                           f"  [dim](run {answer.run_id})[/dim]")
+            return
         if self.strict and answer.fallbacks:
             from agent.assistant import require_no_fallback
 

@@ -78,7 +78,8 @@ class KgerGroup(TyperGroup):
     """Applies the exception-to-message table once, for every command (and for CliRunner in tests)."""
 
     def invoke(self, ctx: typer.Context) -> Any:
-        """A user error is one line on stderr and exit code 1, never a traceback (KGER_DEBUG=1 shows it)."""
+        """A user error is one line on stderr and exit code 1, never a traceback (KGER_DEBUG=1 shows it); any
+        other exception is a bug: one line saying so, the traceback in a crash file under the home folder."""
         from agent import privacy
 
         show_notices()
@@ -93,14 +94,37 @@ class KgerGroup(TyperGroup):
             err_console.print("Interrupted.")
             raise typer.Exit(130) from None
         except Exception as e:
-            if os.environ.get("KGER_DEBUG") or not isinstance(e, _user_errors()):
+            if os.environ.get("KGER_DEBUG"):
                 raise
+            if not isinstance(e, _user_errors()):  # a bug: say so, keep the traceback in a crash file
+                err_console.print(f"Internal error (a bug in kger, not your input): {type(e).__name__}. "
+                                  f"{crash_report(e, ctx.invoked_subcommand)}", markup=False, soft_wrap=True)
+                raise typer.Exit(1) from None
             msg = str(e)
             msg = msg.splitlines()[0] if msg else type(e).__name__
             if getattr(e, "path", None) and str(e.path) not in msg:  # ImageLoadError keeps the path apart
                 msg = f"{e.path}: {msg}"
             err_console.print(literal(f"Error: {msg}", limit=ERROR_CHARS), soft_wrap=True)
             raise typer.Exit(1) from None
+
+
+def crash_report(e: BaseException, command: Optional[str] = None) -> str:
+    """Write the traceback, secrets scrubbed, to HOME/crashes/crash-<time>.txt; the sentence naming the file."""
+    import traceback
+    from datetime import datetime
+
+    from store.paths import kger_home
+    from store.redact import scrub_text  # both Gemini keys (GOOGLE_API_KEY, GEMINI_API_KEY) and ?key= in URLs
+
+    text = scrub_text("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+    try:
+        folder = kger_home() / "crashes"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"crash-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}.txt"
+        path.write_text(f"kger {command or ''} crashed\n\n{text}", encoding="utf-8")
+    except OSError as write_error:
+        return f"The traceback could not be saved ({write_error}); rerun with KGER_DEBUG=1 to see it."
+    return f"Traceback saved to {path} (please include it in a bug report; KGER_DEBUG=1 prints it)."
 
 
 def kger_version() -> str:

@@ -121,6 +121,8 @@ def evaluate(
         for truth, relevant in resolved:
             try:
                 answer = assistant.ask(truth.query, kind="eval")
+                if answer.status == "error":  # a store or model failure is a failed query, not an empty ranking
+                    raise RuntimeError(answer.error)
                 if strict:
                     require_no_fallback(answer)
                 ensemble = [r.id for r in assistant.searcher.text(truth.query, k=k)]

@@ -1,4 +1,4 @@
-"""`kger trace list | show | export`: audit stored runs without calling any model.
+"""`kger trace list | show | export | prune`: audit stored runs without calling any model; drop old ones.
 
 Everything shown here comes from the trace record (store/traces.py): the planner's tool calls, every
 candidate with its per-fold scores, each judge answer as the model returned it, the Pos-Fuse arithmetic.
@@ -167,6 +167,8 @@ def run_view(run: dict, short: bool = False) -> RenderableType:
         parts += [_h("Plan"), _kv(planner=plan.get("planner"), fallback=plan.get("fallback") or "none",
                                    ms=plan.get("ms"))]
         parts += [literal(f"- {call_text(c)}") for c in plan.get("tool_calls", [])]
+        parts += [literal(f"! {c['tool']} {c['kind']} {c['filter']}: the planner gave {c['planner']!r}, the description "
+                          f"says {c['description']!r} (used)", style="yellow") for c in plan.get("conflicts") or []]
     ret = ev.get("retrieve/candidates")
     if ret is not None:
         cands = ret.get("candidates", [])
@@ -365,3 +367,58 @@ def export(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     err_console.print(literal(f"Wrote {out}"))
+
+
+def _size(path: Path) -> int:
+    """A SQLite database's bytes on disk, with its WAL and shared-memory files."""
+    return sum(p.stat().st_size for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.is_file())
+
+
+def prune_checkpoints(path: Path, threads: list[str]) -> int:
+    """Drop these conversation threads from the checkpoint database (LangGraph's own delete), then VACUUM."""
+    import sqlite3
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    if not path.is_file():
+        return 0
+    conn = sqlite3.connect(str(path), check_same_thread=False)
+    try:
+        saver = SqliteSaver(conn)
+        for thread in threads:
+            saver.delete_thread(thread)
+        conn.commit()
+        conn.isolation_level = None
+        conn.execute("vacuum")
+        conn.execute("pragma wal_checkpoint(truncate)")
+    finally:
+        conn.close()
+    return len(threads)
+
+
+@app.command("prune")
+def prune(
+    before: Annotated[str, typer.Option("--before", help="Remove runs started before DATE (YYYY-MM-DD[THH:MM]) or "
+                                                       "older than an age: 30m, 2h, 7d, 4w.")],
+    home: HomeOpt = None,
+    json_out: JsonOpt = False,
+):
+    """Remove old runs and their events from traces.db, and their conversation threads from checkpoints.db."""
+    set_home(home)
+    from store.paths import checkpoints_db_path
+
+    when = parse_when(before)
+    ck = checkpoints_db_path()
+    with open_traces() as db:
+        paths = [Path(db.path), ck]
+        sizes = [_size(p) for p in paths]
+        removed = db.prune(when)
+    threads = prune_checkpoints(ck, removed["threads"])
+    freed = sum(sizes) - sum(_size(p) for p in paths)
+    doc = {"before": when.isoformat(), "runs": removed["runs"], "events": removed["events"], "threads": threads,
+           "bytes_freed": freed, "traces_db": str(paths[0]), "checkpoints_db": str(ck)}
+    if json_out:
+        print_json(doc)
+        return
+    out_console.print(f"Removed {removed['runs']} runs, {removed['events']} events and {threads} conversation "
+                      f"threads started before {_local(doc['before'])}; freed {freed:,} bytes.")

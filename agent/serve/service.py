@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -126,7 +127,11 @@ class Service:
             check_text(thread_id, "thread_id")
         with self.lock:
             self.assistant.k, self.assistant.pool = k, max(20, k)
-            return self.assistant.ask(text, thread_id=thread_id, kind="ask", on_event=on_event).model_dump()
+            # a server's answers can be followed up (the thread id comes back), so each keeps its thread
+            answer = self.assistant.ask(text, thread_id=thread_id or uuid.uuid4().hex, kind="ask", on_event=on_event)
+        if answer.status == "error":  # the store or a model failed: an error, not an empty answer
+            raise RequestError(f"no answer ({answer.error}); run {answer.run_id}", 503)
+        return answer.model_dump()
 
     # ----------------------------------------------------------------------------------------- traces
     def runs(self, limit: int = 20, text: Optional[str] = None) -> list[dict]:
