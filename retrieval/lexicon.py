@@ -30,6 +30,16 @@ _CLASS_SIDE = {"nose-right": "right", "nose-left": "left", "ear-right": "right",
 _CLASS_STATE = {"vc-open": "open", "vc-closed": "closed"}
 _SIDED_SITES = ("ear", "nose")
 
+
+def class_site(cls: str) -> str | None:
+    """ear / nose / throat / larynx for an ENTRep class, None for another label."""
+    return _CLASS_SITE.get(cls)
+
+
+def class_side(cls: str) -> str | None:
+    """left / right for a sided class (ear, nose), else None."""
+    return _CLASS_SIDE.get(cls)
+
 # A term is a regex fragment; a literal space inside it matches any run of spaces or hyphens.
 _SITE_TERMS: dict[str, tuple[str, ...]] = {
     "ear": (
@@ -339,74 +349,6 @@ def class_consistency(parsed: ParsedQuery, cls: str | None) -> tuple[float, str]
     verb = "matches" if len(matched) == 1 else "match"
     reason = f"{' and '.join(matched)} {verb} {cls}"
     return score, reason + (f"; {' or '.join(missing)} not stated" if missing else "")
-
-
-_SIDED_CAPTIONS = {
-    "ear": (
-        "{side} ear",
-        "endoscopic view of the {side} ear",
-        "{Side} tympanic membrane on otoscopy",
-        "otoscopy of the {side} external auditory canal and tympanic membrane",
-        "{side} eardrum seen through the ear canal",
-        "{side}-sided ear canal, otoendoscopic image",
-        "{L} ear endoscopy",
-        "{L} TM at the end of the {side} external auditory canal",
-        "otoscopy {AX}: {side} ear canal and eardrum",
-        "{side} middle ear seen through the tympanic membrane",
-    ),
-    "nose": (
-        "{side} nasal cavity",
-        "endoscopic view of the {side} nasal cavity",
-        "{Side} nostril on nasal endoscopy",
-        "{side} side of the nose with the septum and inferior turbinate",
-        "{side} middle meatus and middle turbinate",
-        "{side}-sided nasal endoscopy",
-        "{L} nasal cavity, septum and turbinates",
-        "nasal endoscopy of the {side} side toward the nasopharynx",
-    ),
-}
-_PLAIN_CAPTIONS = {
-    "vc-open": (
-        "vocal cords open",
-        "vocal folds abducted",
-        "open glottis during inspiration",
-        "laryngoscopy with the vocal folds abducted during breathing",
-        "larynx with open vocal cords",
-        "glottis open, vocal cords apart on inspiration",
-        "abducted vocal folds seen on laryngoscopy",
-    ),
-    "vc-closed": (
-        "vocal cords closed",
-        "vocal folds adducted",
-        "closed glottis during phonation",
-        "laryngoscopy with the vocal folds adducted during phonation",
-        "larynx with closed vocal cords",
-        "glottic closure on phonation",
-        "adducted vocal folds seen on laryngoscopy",
-    ),
-    "throat": (
-        "throat",
-        "oropharynx with the palatine tonsils",
-        "endoscopic view of the throat",
-        "tonsils and uvula",
-        "oral cavity and oropharynx with the tongue base",
-        "posterior pharyngeal wall and tonsils",
-        "throat examination showing the uvula",
-    ),
-}
-
-
-def class_captions(cls: str) -> list[str]:
-    """Varied clinical captions for a class, using the lexicon's synonyms; a sided class's captions name only
-    its own side, so `swap_side_text` maps each left caption onto the matching right one."""
-    if cls in _PLAIN_CAPTIONS:
-        return list(_PLAIN_CAPTIONS[cls])
-    if cls not in _CLASS_SIDE:
-        raise ValueError(f"unknown class {cls!r}; expected one of {', '.join(CLASSES)}")
-    side = _CLASS_SIDE[cls]
-    words = {"side": side, "Side": side.capitalize(), "L": side[0].upper(),
-             "AX": "AS" if side == "left" else "AD"}
-    return [t.format(**words) for t in _SIDED_CAPTIONS[_CLASS_SITE[cls]]]
 
 
 _DESCRIPTIONS = {

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from retrieval.captions import class_captions
 from retrieval.lexicon import (
     CLASSES,
-    class_captions,
     class_consistency,
     class_description,
     parse,

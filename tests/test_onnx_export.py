@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from retrieval.bundle import BundleError, read_manifest
-from retrieval.lexicon import CLASSES, class_captions
+from retrieval.captions import class_captions
+from retrieval.lexicon import CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "open_clip", "timm", "transformers")

@@ -2,7 +2,7 @@
 import torch
 from PIL import ImageOps
 
-from retrieval import lexicon
+from retrieval import captions, lexicon
 from retrieval.preprocess import circle_crop, load_image, prepare
 from training.augment import flip_captions, flip_label, make_views, mirrored_plan
 
@@ -10,8 +10,8 @@ from training.augment import flip_captions, flip_label, make_views, mirrored_pla
 def test_flip_swaps_the_side_in_label_and_captions():
     assert flip_label("ear-left") == "ear-right" and flip_label("nose-right") == "nose-left"
     assert flip_label(None) is None
-    caps = flip_captions(lexicon.class_captions("ear-left"))
-    assert list(caps) == lexicon.class_captions("ear-right")  # every left caption becomes its right twin
+    caps = flip_captions(captions.class_captions("ear-left"))
+    assert list(caps) == captions.class_captions("ear-right")  # every left caption becomes its right twin
     assert flip_captions(["Left TM, wax in the L ear"]) == ("Right TM, wax in the R ear",)
     assert flip_captions(["white ear discharge in the external auditory canal"]) == (
         "white ear discharge in the external auditory canal",)  # no side named, nothing to swap
@@ -20,7 +20,7 @@ def test_flip_swaps_the_side_in_label_and_captions():
 def test_classes_without_a_side_survive_the_flip():
     for c in ("vc-open", "vc-closed", "throat"):
         assert flip_label(c) == c
-        assert list(flip_captions(lexicon.class_captions(c))) == lexicon.class_captions(c)
+        assert list(flip_captions(captions.class_captions(c))) == captions.class_captions(c)
     for c in lexicon.CLASSES:  # a double flip is the identity, and a flip never changes the site or state
         assert flip_label(flip_label(c)) == c
         p, q = lexicon.parse(lexicon.class_description(c)), lexicon.parse(lexicon.class_description(flip_label(c)))

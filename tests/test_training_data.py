@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from retrieval import lexicon
+from retrieval import captions, lexicon
 from training.data import DataError, data_hash, load_dataset
 
 
@@ -41,7 +41,7 @@ def test_entrep_layout_on_the_real_folder(entrep_train, entrep_labels):
     for it in ds.items:
         assert it.label == entrep_labels[it.name] or it.name not in entrep_labels
         templates = [c for c in it.captions if c not in it.descriptions]
-        assert templates == lexicon.class_captions(it.label) and len(templates) >= 6
+        assert templates == captions.class_captions(it.label) and len(templates) >= 6
 
 
 def test_an_image_with_several_descriptions_and_a_description_with_several_images(tmp_path, entrep_train,

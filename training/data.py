@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from retrieval import lexicon
+from retrieval import captions, lexicon
 from retrieval.errors import InputError
 from retrieval.preprocess import IMAGE_SUFFIXES, ImageLoadError, file_sha256, load_image
 
@@ -66,7 +66,7 @@ def class_templates(label: str | None) -> list[str]:
     if label is None:
         return []
     if label in lexicon.CLASSES:
-        return lexicon.class_captions(label)
+        return captions.class_captions(label)
     return [lexicon.class_description(label)]
 
 
