@@ -177,6 +177,19 @@ def test_row4_ask_survives_damaged_traces_and_checkpoints(real_store, tmp_path):
     assert kger("trace", "list", "--json", home=mine).exit_code == 0
 
 
+def test_row4_a_store_with_damaged_chroma_files_is_one_line_and_kept(real_store, tmp_path):
+    """The store's own database damaged: one line naming the store and what to do; nothing is overwritten."""
+    home, _ = real_store
+    mine = tmp_path / "home"
+    shutil.copytree(home / "stores", mine / "stores")
+    [sqlite] = list((mine / "stores").rglob("chroma.sqlite3"))
+    _damage(sqlite)
+    for args in (("search", "left ear"), ("ask", "left ear")):
+        line = one_line_error(kger(*args, home=mine), "Store 'default'")
+        assert "damaged" in line or "cannot be opened" in line, line
+    assert sqlite.stat().st_size == 100  # the damaged file is still there, as it was
+
+
 def test_row4_a_damaged_judge_cache_is_kept_and_replaced(kger_home, caplog):
     from store.cache import JudgeCache
 
