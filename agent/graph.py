@@ -1,6 +1,8 @@
 """The graph: plan -> tools -> judge -> fuse -> answer, checkpointed per conversation thread."""
 from __future__ import annotations
 
+from typing import Union
+
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph import END, START, StateGraph
 from langgraph.prebuilt import ToolNode
@@ -27,11 +29,22 @@ def serializer() -> JsonPlusSerializer:
     return JsonPlusSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES)
 
 
+def _bad_arguments(e: Exception) -> str:
+    """The tool message for a bad call: its one-line reason (what the planner, the answer and the chat show),
+    not LangGraph's "Error: InputError('...') Please fix your mistakes." template."""
+    return str(e)
+
+
+# ToolNode reads the handled types from the handler's annotation; set as objects (this module's annotations
+# are strings under `from __future__ import annotations`, which ToolNode does not resolve for a Union).
+_bad_arguments.__annotations__["e"] = Union[ToolInvocationError, InputError]
+
+
 def tool_node() -> ToolNode:
     """The tools node. Only bad arguments become a tool message the judge node reads as a tool error (a
     planner's invalid filter, a '#9' the previous answer lacks); a store or model failure propagates, so the
     turn fails loudly (`Assistant.ask` gives an error answer) instead of answering "No image found"."""
-    return ToolNode(TOOLS, handle_tool_errors=(ToolInvocationError, InputError))
+    return ToolNode(TOOLS, handle_tool_errors=_bad_arguments)
 
 
 def build_graph() -> StateGraph:

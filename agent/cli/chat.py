@@ -118,9 +118,9 @@ class ChatSession:
     def ask(self, text: str) -> None:
         with self.err.status("Searching and judging...", spinner="dots"):
             answer = self.assistant.ask(text, thread_id=self.thread_id, kind="chat")
-        if answer.status == "error":  # a store or model failure: say so, never an empty table
-            self.err.print(line("[red]error:[/red] ", literal(answer.error or "the turn failed")),
-                           f"  [dim](run {answer.run_id})[/dim]")
+        if answer.status == "error":  # no answer: say why (a bad follow-up, a store that failed), never an empty table
+            self.console.print(line("No image found for ", literal(repr(answer.question)), "."))
+            self.hint(answer.error or "the turn failed")
             return
         if self.strict and answer.fallbacks:
             from agent.assistant import require_no_fallback
