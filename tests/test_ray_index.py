@@ -42,8 +42,11 @@ def test_ray_index_matches_single_process_and_resumes_after_killed_driver(real_s
                                                                           tmp_path):
     home, bundle = real_store
     store = "ray-resume"
+    # Ray's own processes probe the cloud metadata service (TPU and cloud-provider detection) whatever kger
+    # asks; the network guard refuses those (nothing is sent) and this test allows exactly them, nothing else.
+    ray_probes = tmp_path / "ray-netguard.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "KGER_HOME": str(tmp_path / "home"), "RAY_USAGE_STATS_ENABLED": "0"}
+           "KGER_HOME": str(tmp_path / "home"), "RAY_USAGE_STATS_ENABLED": "0", "KGER_NETGUARD_LOG": str(ray_probes)}
     cmd = KGER + ["index", str(entrep_train / "imgs"), "--bundle", str(bundle), "--store", store, "--ray",
                   "--workers", "2", "--chroma-url", chroma_server, "--batch-size", "2", "--json"]
     log = open(tmp_path / "first.log", "wb")
@@ -78,6 +81,8 @@ def test_ray_index_matches_single_process_and_resumes_after_killed_driver(real_s
         b = np.stack([h.embedding for h in single.get(ids)])
         assert on_ray.bundle["fingerprint"] == single.bundle["fingerprint"]
     np.testing.assert_allclose(a, b, atol=1e-5)  # other batch compositions: float32 rounding only
+    attempts = ray_probes.read_text().splitlines() if ray_probes.exists() else []
+    assert all("169.254.169.254" in a or "metadata.google.internal" in a for a in attempts), attempts
 
 
 def test_ray_needs_a_chroma_server(entrep_train, tmp_path):

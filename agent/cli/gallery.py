@@ -80,7 +80,7 @@ def index(
         hooks = dict(
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
             on_skip=lambda p, why: err_console.print(line("[yellow]skipped[/yellow] ", literal(f"{p}: {why}"))),
-            every=every_s, frames_dir=home_dir / "frames", trust=loaded.trust,
+            every=every_s, frames_dir=home_dir / "frames",
         )
         if ray:
             from agent.cli.ray_index import index_on_ray
@@ -88,7 +88,8 @@ def index(
             report = index_on_ray(images, bundle, store, chroma_url, ray_address, workers, label_map,
                                   batch_size, hooks)
         else:
-            report = index_images(loaded.ensemble, gallery, images, labels=label_map, batch_size=batch_size, **hooks)
+            report = index_images(loaded.ensemble, gallery, images, labels=label_map, batch_size=batch_size,
+                                  trust=loaded.trust, **hooks)
     summary = {
         "store": store, "indexed": report.indexed, "already_present": report.present,
         "skipped": [{"path": p, "reason": r} for p, r in report.skipped],
