@@ -1,8 +1,6 @@
 """The judge node: merge this turn's tool results into one candidate list and score every candidate."""
 from __future__ import annotations
 
-import inspect
-
 from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
 from langgraph.runtime import Runtime
 
@@ -39,8 +37,8 @@ def merge(lists: list[list[Candidate]], limit: int) -> list[Candidate]:
 
 
 def _judge_with_progress(judge, question: str, candidates: list, write) -> list:
-    """Score the candidates; "judged i/n" goes to `Context.progress` (a CLI shows it, serve streams it).
-    Judges that report each verdict take `on_progress`; the others report at the start and the end."""
+    """Score the candidates; "judged i/n" goes to `Context.progress` (a CLI shows it, serve streams it) as
+    the judge reports each verdict (the `Judge` contract's `on_progress`)."""
     n = len(candidates)
 
     def progress(done: int) -> None:
@@ -48,11 +46,8 @@ def _judge_with_progress(judge, question: str, candidates: list, write) -> list:
             write({"stage": "judge", "judged": done, "total": n})
 
     progress(0)
-    if "on_progress" in inspect.signature(judge.judge).parameters:
-        verdicts = judge.judge(question, candidates, on_progress=progress)
-    else:
-        verdicts = judge.judge(question, candidates)
-    progress(n)
+    verdicts = judge.judge(question, candidates, on_progress=progress)
+    progress(n)  # also when nothing needed judging afresh (every verdict cached)
     return verdicts
 
 

@@ -6,7 +6,7 @@ care which judge ran.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional, Protocol, Sequence
+from typing import Callable, Literal, Optional, Protocol, Sequence
 
 from pydantic import BaseModel, Field
 
@@ -34,6 +34,8 @@ class Verdict(BaseModel):
 class Judge(Protocol):
     name: str
 
-    def judge(self, query: str, candidates: Sequence[Candidate]) -> list[Verdict]:
-        """One verdict per candidate, in the candidates' order. Must not raise for a single bad candidate."""
+    def judge(self, query: str, candidates: Sequence[Candidate],
+              on_progress: Optional[Callable[[int], None]] = None) -> list[Verdict]:
+        """One verdict per candidate, in the candidates' order. Must not raise for a single bad candidate.
+        `on_progress(done)` is told how many are judged as they finish (the CLI's and serve's "judged 7/20")."""
         ...

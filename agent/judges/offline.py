@@ -8,7 +8,7 @@ belongs near the top, because an image only one fold likes is a weak candidate.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from agent.judges.base import Candidate, Verdict
 from retrieval.lexicon import ParsedQuery, class_consistency, class_description, parse
@@ -94,7 +94,8 @@ class OfflineJudge:
             raise ValueError(f"top_fold_k must be >= 1, got {top_fold_k}")
         self.top_fold_k = top_fold_k
 
-    def judge(self, query: str, candidates: Sequence[Candidate]) -> list[Verdict]:
+    def judge(self, query: str, candidates: Sequence[Candidate],
+              on_progress: Optional[Callable[[int], None]] = None) -> list[Verdict]:
         parsed = parse(query)
         folds = fold_agreement(candidates, self.top_fold_k)
         verdicts = []
@@ -106,4 +107,6 @@ class OfflineJudge:
                     id=cand.id, score=NEUTRAL, judge="offline", model=MODEL,
                     justification=f"Could not be judged offline ({type(exc).__name__}: {exc}); neutral 0.5.",
                 ))
+            if on_progress is not None:
+                on_progress(len(verdicts))
         return verdicts
