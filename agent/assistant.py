@@ -148,10 +148,9 @@ class Assistant:
     def open(cls, store: str = "default", *, url: Optional[str] = None, llm: str = "offline", k: int = 5,
              pool: int = 20, persist: bool = True, **kw) -> "Assistant":
         """Open a store, load the bundle that indexed it, and keep traces + checkpoints under KGER_HOME."""
-        from retrieval.search import Searcher
-        from store.gallery import Gallery
+        from agent.opening import open_searcher
 
-        searcher = Searcher.for_gallery(Gallery.open(store, url=url))
+        searcher = open_searcher(store, url)
         traces = checkpointer = None
         if persist:  # damaged files are moved aside, a read-only home answers unrecorded (agent/persist.py)
             from agent.persist import open_records

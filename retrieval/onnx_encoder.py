@@ -92,6 +92,11 @@ class OnnxEncoder:
         enc = self._tokenizer.encode_batch(list(texts))
         return np.asarray([e.ids for e in enc], dtype=np.int64)
 
+    def warm(self) -> None:
+        """Open the text graph and tokenizer now (see retrieval.encoder.prefetch)."""
+        self._session(TEXT_FILE)
+        self.tokenize(["warm"])
+
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self._session(TEXT_FILE).run(None, {"ids": self.tokenize(texts)})[0].astype(np.float32)
 

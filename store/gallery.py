@@ -9,7 +9,9 @@ lives in the collection metadata.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -31,6 +33,7 @@ LOCK_TIMEOUT_S = 10.0  # how long an open waits for another process's conflictin
 _PAGE = 1000
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?$")
 _BUNDLE_KEYS = {"fingerprint": "kger_bundle_fingerprint", "path": "kger_bundle_path", "dim": "kger_bundle_dim"}
+HINT_FILE = "bundle.json"
 
 
 @dataclass
@@ -78,6 +81,19 @@ def _where(where: dict | None = None, classes: Sequence[str] | None = None) -> d
         clauses = [dict(where)]
     clauses += [{"cls": {"$in": [str(c) for c in classes]}}] if classes else []
     return (clauses[0] if len(clauses) == 1 else {"$and": clauses}) if clauses else None
+
+
+def bundle_hint(name: str, home: Path | None = None) -> str | None:
+    """The bundle path an embedded store was last seen bound to, read without importing Chroma (0.4-0.8 s),
+    so a caller can start opening that bundle while Chroma loads. Only a hint: the collection metadata decides."""
+    return _hint_at(stores_dir(home) / name)
+
+
+def _hint_at(root: Path) -> str | None:
+    try:
+        return str(json.loads((root / HINT_FILE).read_text(encoding="utf-8"))["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _split_url(url: str) -> tuple[str, int, bool]:
@@ -241,7 +257,20 @@ class Gallery:
         """The bound bundle (fingerprint, path, dim); kept once bound (never another bundle): no re-reads."""
         if self._bound is None:
             self._bound = self._bundle_from(self._metadata())
+            self._keep_hint()
         return self._bound
+
+    def _keep_hint(self) -> None:
+        """Keep `bundle_hint`'s file in step with the binding; best effort (a read-only home has none)."""
+        if self.root is None or self._bound is None or _hint_at(self.root) == self._bound["path"]:
+            return
+        tmp = self.root / f".{HINT_FILE}.{os.getpid()}"
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps({"path": self._bound["path"], "fingerprint": self._bound["fingerprint"]}),
+                           encoding="utf-8")
+            os.replace(tmp, self.root / HINT_FILE)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
     @staticmethod
     def _bundle_from(meta: dict) -> dict | None:
@@ -279,6 +308,7 @@ class Gallery:
         with self._chroma_errors():
             self._col.modify(metadata=meta)
         self._bound = self._bundle_from(meta)
+        self._keep_hint()
 
     def check_bundle(self, fingerprint: str, path: str | None = None) -> None:
         """Refuse another bundle (once, where a bundle meets this store: the Searcher); unbound: nothing to check."""

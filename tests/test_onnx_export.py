@@ -146,3 +146,58 @@ def test_search_on_an_export_imports_no_torch(chat_gallery, tmp_path):
     assert doc["heavy"] == [], f"imported on the ONNX query path: {doc['heavy']}"
     results = json.loads(r.stdout)["results"]
     assert len(results) == 10
+
+
+def test_a_prefetched_export_is_the_encoder_loaded(exported, tmp_path):
+    """`prefetch` opens the text graph in a thread; `load_encoder` then hands over that encoder, once."""
+    from retrieval.encoder import load_encoder, prefetch
+    from retrieval.onnx_encoder import TEXT_FILE
+
+    path, _ = exported
+    prefetch(path)
+    warm = load_encoder(path)
+    assert warm.backend == "onnx" and TEXT_FILE in warm._sessions, "the text graph was opened ahead"
+    cold = load_encoder(path)
+    assert cold is not warm and TEXT_FILE not in cold._sessions, "a prefetch serves one load only"
+    np.testing.assert_array_equal(warm.encode_texts(["left ear"]), cold.encode_texts(["left ear"]))
+
+
+def test_a_prefetch_that_fails_leaves_the_error_to_the_caller(exported, tmp_path, monkeypatch):
+    import shutil
+
+    from retrieval.encoder import load_encoder, prefetch
+
+    bad = tmp_path / "bad"
+    shutil.copytree(exported[0], bad)
+    with open(bad / "text.onnx", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00\x01\x02\x03")
+    prefetch(bad)
+    with pytest.raises(BundleError, match="corrupt"):
+        load_encoder(bad).encode_texts(["left ear"])
+    m = json.loads((bad / "manifest.json").read_text())
+    m["export"]["fingerprint"] = "0" * 16
+    (bad / "manifest.json").write_text(json.dumps(m))
+    monkeypatch.setenv("KGER_ENCODER", "onnx")
+    prefetch(bad)
+    with pytest.raises(BundleError, match="kger bundle export"):
+        load_encoder(bad)
+
+
+def test_a_wrong_bundle_hint_is_only_a_hint(chat_gallery, exported, monkeypatch):
+    """The store's bundle.json lets `open_searcher` start loading before Chroma is imported; the binding in
+    the collection decides, and a stale hint is put right."""
+    from agent.opening import open_searcher
+    from store.gallery import HINT_FILE, bundle_hint
+
+    monkeypatch.setenv("KGER_HOME", str(chat_gallery))
+    bound = str(chat_gallery.parent / "bundle")
+    assert bundle_hint("default") == bound, "kger index names the bundle beside the store"
+    (chat_gallery / "stores" / "default" / HINT_FILE).write_text(json.dumps({"path": str(exported[0])}))
+    searcher = open_searcher("default")
+    try:
+        assert searcher.encoder.path == bound != str(exported[0])
+        assert len(searcher.text("left ear", k=3)) == 3
+    finally:
+        searcher.gallery.close()
+    assert bundle_hint("default") == bound

@@ -187,6 +187,9 @@ def check_llm(llm: str) -> str:
 def open_assistant(store: str, chroma_url: Optional[str], llm: str, k: int, *, pool: Optional[int] = None,
                    concurrency: Optional[int] = None):
     """The store's Assistant; `concurrency` sets the Gemini judge's calls in flight (batch and eval)."""
+    from agent.opening import prefetch_bundle
+
+    prefetch_bundle(store, chroma_url)  # first: the bundle loads while LangGraph imports
     from agent.assistant import Assistant
 
     kw: dict[str, Any] = {} if pool is None else {"pool": pool}

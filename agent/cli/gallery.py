@@ -132,15 +132,17 @@ def search(
     if (text is None) == (image is None):
         raise typer.BadParameter("give either TEXT or --image PATH")
     from agent.cli.checks import image_file
+    from agent.opening import open_searcher
     from retrieval.candidate import TOOL_FIELDS
-    from retrieval.search import Searcher
 
     if image is not None:
         image_file(image)
-    gallery = open_gallery(store, chroma_url)
-    with err_console.status("Loading bundle..."):
-        searcher = Searcher.for_gallery(gallery)
-    results = searcher.image(image, k=k) if image is not None else searcher.text(text, k=k)
+    with err_console.status("Loading bundle and store..."):
+        searcher = open_searcher(store, chroma_url)
+    try:
+        results = searcher.image(image, k=k) if image is not None else searcher.text(text, k=k)
+    finally:
+        searcher.gallery.close()
     if json_out:
         print_json({"query": text, "image": str(image) if image else None, "store": store,
                     "bundle": searcher.bundle.fingerprint,
