@@ -6,7 +6,6 @@ has an in-memory searcher) and a reader sees what each node needs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
@@ -18,15 +17,13 @@ from retrieval.candidate import Candidate
 
 
 class Searcher(Protocol):
-    """What the tools need of retrieval.search.Searcher: a text encoder and three ways to query the store."""
+    """What the tools need of retrieval.search.Searcher: a text encoder and two ways to query the store."""
 
     def encode_text(self, query: str) -> np.ndarray: ...
 
     def by_vector(self, query_vec: np.ndarray, k: int, classes: Optional[Sequence[str]] = None) -> list[Candidate]: ...
 
-    def image(self, path: str | Path, k: int = 10, classes: Optional[Sequence[str]] = None) -> list[Candidate]: ...
-
-    def like(self, image_id: str, k: int = 10, classes: Optional[Sequence[str]] = None) -> list[Candidate]: ...
+    def similar(self, ref: str, k: int = 10, classes: Optional[Sequence[str]] = None) -> list[Candidate]: ...
 
 
 class Planner(Protocol):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 from langchain_core.tools import tool
@@ -50,15 +49,15 @@ def _searcher() -> Searcher:
     return get_runtime(Context).context.searcher
 
 
-def _filtered(search, k: int, query: str, region=None, side=None, state=None, exclude: str = "") -> list[Candidate]:
+def _filtered(search, k: int, query: str, region=None, side=None, state=None) -> list[Candidate]:
     """`search(n, classes)` with the filters, which match labels and trusted predictions only (the indexer's
     `cls`): images known to satisfy them first, then uncertain ones, then those known not to."""
     classes = classes_for(region, side, state) if (region or side or state) else None
     if classes is None:
-        return _tagged([r for r in search(k + 1, None) if r.id != exclude][:k], query)
-    first = [r for r in search(k + 1, classes) if r.id != exclude][:k]
+        return _tagged(search(k, None), query)
+    first = search(k, classes)
     matched = {r.id for r in first}
-    rest = [] if len(first) >= k else [r for r in search(k + 1, None) if r.id not in matched and r.id != exclude]
+    rest = [] if len(first) >= k else [r for r in search(k, None) if r.id not in matched]
     return _tagged(filter_order(_tagged(first + rest, query, classes))[:k], query, classes)
 
 
@@ -103,14 +102,8 @@ def similar(
         if not 1 <= n <= len(rows):
             raise InputError(f"there is no image #{n} in the previous answer")
         ref = rows[n - 1].id
-    if Path(ref).is_file():
-        from retrieval.preprocess import file_sha256
-
-        reference, search = file_sha256(ref), (lambda n, classes: searcher.image(ref, k=n, classes=classes))
-    else:
-        reference, search = ref, (lambda n, classes: searcher.like(ref, k=n, classes=classes))
-    # other images than the reference itself ("more like #2" never answers #2)
-    cands = _filtered(search, max(1, min(int(k), 200)), f"like {image}", region, side, state, exclude=reference)
+    cands = _filtered(lambda n, classes: searcher.similar(ref, n, classes), max(1, min(int(k), 200)),
+                      f"like {image}", region, side, state)
     return _summary(cands), cands
 
 

@@ -111,10 +111,16 @@ class WordSearcher:
     def image(self, path, k: int = 10, classes=None):
         return self.like(next(it["id"] for it in self.items if it["path"] == str(path)), k, classes)
 
+    from retrieval.search import Searcher as _Real
+
+    similar = _Real.similar  # the real rule (the reference left out), over this fake's image and like
+
 
 def make_images(folder: Path) -> list[dict]:
     """Two discs on black per class, each a different colour: enough for thumbnails and the Gemini judge."""
     from PIL import Image, ImageDraw
+
+    from retrieval.preprocess import file_sha256
 
     folder.mkdir(parents=True)
     items = []
@@ -124,7 +130,7 @@ def make_images(folder: Path) -> list[dict]:
             img = Image.new("RGB", (160, 120))
             ImageDraw.Draw(img).ellipse((30, 10, 130, 110), fill=(200 - 20 * c, 90 + 10 * j, 80 + 15 * c))
             img.save(path)
-            items.append({"id": f"{label}-{j}".replace("-", "") + "0" * 8, "path": str(path), "label": label})
+            items.append({"id": file_sha256(path), "path": str(path), "label": label})  # as the indexer does
     return items
 
 

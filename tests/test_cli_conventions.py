@@ -129,3 +129,25 @@ def test_answer_table_reads_at_80_columns_with_env_defaults(chat_gallery):
     bad = subprocess.run(KGER + ["ask", "left ear"], env=_env(chat_gallery, KGER_STORE="nonexistent"),
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "nonexistent" in bad.stderr
+
+
+def test_a_long_trace_show_is_paged_on_a_terminal_only(chat_gallery, tmp_path):
+    """`trace show` taller than the terminal goes through $PAGER; --no-pager and a pipe print straight out."""
+    import json
+
+    asked = subprocess.run(KGER + ["ask", "left ear, tympanic membrane", "-k", "3", "--json"], env=_env(chat_gallery),
+                           capture_output=True, text=True, timeout=300)
+    assert asked.returncode == 0, asked.stderr
+    run_id = json.loads(asked.stdout)["run_id"]
+    paged = tmp_path / "paged.txt"
+    small = _env(chat_gallery, LINES="12", TERM="xterm", PAGER=f"cat > {paged}")
+    code, screen = _pty_run(KGER + ["trace", "show", run_id], small)
+    assert code == 0, screen
+    text = _ANSI.sub("", paged.read_text())
+    assert run_id in text and "left ear, tympanic membrane" in text, "the whole view went to the pager"
+    assert "left ear, tympanic membrane" not in screen
+    paged.unlink()
+    code, screen = _pty_run(KGER + ["trace", "show", run_id, "--no-pager"], small)
+    assert code == 0 and "left ear, tympanic membrane" in screen and not paged.exists()
+    piped = subprocess.run(KGER + ["trace", "show", run_id], env=small, capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0 and run_id in piped.stdout and not paged.exists()

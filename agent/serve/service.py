@@ -97,18 +97,13 @@ class Service:
     def similar(self, image: str, k: int = 10) -> dict:
         """Images like one already in the store (its id or a unique id prefix), or like an image file here."""
         image, k = check_text(image, "image").strip(), check_k(k)
-        with self.lock:
-            if Path(image).is_file():
-                from retrieval.preprocess import file_sha256
+        from retrieval.search import reference_id
 
-                ref, results = file_sha256(image), self.searcher.image(image, k=k + 1)
-            else:
-                ref = self._resolve_id(image)
-                results = self.searcher.like(ref, k=k + 1)
-        rows = [r.model_dump(exclude=TOOL_FIELDS) for r in results if r.id != ref][:k]
-        for i, r in enumerate(rows, start=1):
-            r["rank"] = i
-        return {"image": image, "id": ref, "store": self.store, "results": rows}
+        with self.lock:
+            ref = image if Path(image).is_file() else self._resolve_id(image)
+            results = self.searcher.similar(ref, k=k)
+        return {"image": image, "id": reference_id(ref), "store": self.store,
+                "results": [r.model_dump(exclude=TOOL_FIELDS) for r in results]}
 
     def _resolve_id(self, image: str) -> str:
         if len(image) == 64:
