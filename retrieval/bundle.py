@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # torch loads only when weights are read or written: the ONNX
     import torch
 
     from retrieval.ensemble import FoldEnsemble
+    from retrieval.trust import Trust
 
 FORMAT = "kger-bundle"
 FORMAT_VERSION = 1
@@ -242,6 +243,7 @@ def set_manifest_entry(path: str | Path, key: str, value: Any) -> dict:
 def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     """Rebuild the ensemble, check the shared trunk's hash and every fold file's checksum, load the folds."""
     from retrieval.ensemble import FoldEnsemble
+    from retrieval.trust import Trust
 
     path = Path(path)
     manifest = read_manifest(path)
@@ -266,9 +268,11 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     return Bundle(ensemble=ens.eval(), manifest=manifest, path=str(path.resolve()))
 
 
-def load_ensemble(path: str | Path) -> "FoldEnsemble":
-    """Just the checked ensemble (what a worker process needs; picklable by reference, unlike a loaded model)."""
-    return load_bundle(path).ensemble
+def load_for_indexing(path: str | Path) -> tuple["FoldEnsemble", Optional["Trust"]]:
+    """What an indexing worker needs: the checked ensemble and the bundle's trust (None when uncalibrated).
+    Picklable by reference, unlike a loaded model, so Ray actors load it themselves."""
+    bundle = load_bundle(path)
+    return bundle.ensemble, bundle.trust
 
 
 def init_bundle(
@@ -285,6 +289,7 @@ def init_bundle(
     `spec_fields` (image_backbone=, pool=, ...) replace those of `spec` (default: NanoCLIPSpec()).
     `export`: also write the ONNX query-time towers (retrieval/export.py)."""
     from retrieval.ensemble import FoldEnsemble
+    from retrieval.trust import Trust
 
     out = Path(out)
     if (out / MANIFEST).exists():

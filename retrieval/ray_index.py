@@ -70,17 +70,18 @@ class _Encoder:
 
     def __init__(self, load_model: Callable, open_store: Callable, labels: dict, every: float, frames_dir: str,
                  batch_size: int):
-        self.ens = load_model()
+        self.ens, self.trust = load_model()
         self.gallery = open_store()
         self.labels, self.every, self.frames_dir, self.batch_size = labels, every, Path(frames_dir), batch_size
 
     def __call__(self, batch: dict) -> dict:
-        out: dict[str, list] = {"path": [], "status": [], "reason": []}
+        out: dict[str, list] = {"path": [], "status": [], "reason": [], "trusted": []}
 
-        def row(path, status: str, reason: str = "") -> None:
+        def row(path, status: str, reason: str = "", trusted: bool = False) -> None:
             out["path"].append(str(path))
             out["status"].append(status)
             out["reason"].append(reason)
+            out["trusted"].append(trusted)
 
         by_id = {str(i): Path(p) for i, p in zip(batch["id"], batch["path"])}
         items = plan_items(by_id, lambda p, why: row(p, "skipped", why), every=self.every, frames_dir=self.frames_dir)
@@ -92,13 +93,14 @@ class _Encoder:
             else:
                 todo.append(item)
         for start in range(0, len(todo), self.batch_size):
-            ids, vecs, metas, skipped = encode_batch(self.ens, todo[start : start + self.batch_size], self.labels)
+            ids, vecs, metas, skipped = encode_batch(self.ens, todo[start : start + self.batch_size], self.labels,
+                                                       trust=self.trust)
             for p, why in skipped:
                 row(p, "skipped", why)
             if ids:
                 self.gallery.upsert(ids, vecs, metas)
                 for m in metas:
-                    row(m["path"], "indexed")
+                    row(m["path"], "indexed", trusted=m.get("trusted") is True)
         return out
 
 
@@ -116,8 +118,8 @@ def index_with_ray(
     on_progress: Optional[Callable[[int, int], None]] = None,
     on_skip: Optional[Callable[[str, str], None]] = None,
 ) -> IndexReport:
-    """Index `root` like ``index_images``, on Ray. `load_model()` and `open_store()` run inside each actor
-    (they must pickle: e.g. functools.partial of a module-level function)."""
+    """Index `root` like ``index_images``, on Ray. `load_model()` -> (ensemble, trust or None) and `open_store()`
+    run inside each actor (they must pickle: e.g. functools.partial of ``retrieval.bundle.load_for_indexing``)."""
     report = IndexReport()
 
     def skip(path, why: str) -> None:
@@ -143,9 +145,10 @@ def index_with_ray(
         # Images in batches of `batch_size`; videos one per batch (one video may be hundreds of frames).
         for rows, per_batch in ((images, batch_size), (videos, 1)):
             for out in _stream(ray, rows, per_batch, workers, actor_args):
-                for path, status, reason in zip(out["path"], out["status"], out["reason"]):
+                for path, status, reason, trusted in zip(out["path"], out["status"], out["reason"], out["trusted"]):
                     if status == "indexed":
                         report.indexed += 1
+                        report.trusted += bool(trusted)
                     elif status == "present":
                         report.present += 1
                     else:

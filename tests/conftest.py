@@ -197,6 +197,20 @@ def store_factory(entrep_train, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def calibrated_bundle(entrep_train, entrep_labels, tmp_path_factory) -> SimpleNamespace:
+    """A small bundle trained on 6 real images per class (2 folds, 4 epochs, 2 views), so it carries a
+    calibration and a familiarity reference; `held` names the real images it never saw."""
+    from training.heldout import split_per_class, write_entrep_layout
+    from training.train import train_from_path
+
+    root = tmp_path_factory.mktemp("calibrated")
+    train, held = split_per_class(entrep_labels, entrep_train / "imgs", n_train=6, seed=0)
+    data = write_entrep_layout(root / "train", train, entrep_train / "imgs")
+    train_from_path(data, root / "bundle", folds=2, epochs=4, views=2, progress=False)
+    return SimpleNamespace(path=root / "bundle", held=held)
+
+
+@pytest.fixture(scope="session")
 def real_store(store_factory):
     """A 2-fold untrained bundle and the 70 real images indexed into store 'default' of a shared home.
 

@@ -38,9 +38,17 @@ def _server_count(url: str, collection: str) -> int:
         return 0
 
 
-def test_ray_index_matches_single_process_and_resumes_after_killed_driver(real_store, entrep_train, chroma_server,
-                                                                          tmp_path):
-    home, bundle = real_store
+def test_ray_index_matches_single_process_and_resumes_after_killed_driver(calibrated_bundle, entrep_train,
+                                                                          chroma_server, tmp_path):
+    """With a calibrated bundle, so the actors' predictions carry trust and familiarity as the single process's do."""
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+
+    bundle, home = calibrated_bundle.path, tmp_path / "single"
+    single_run = CliRunner().invoke(app, ["index", str(entrep_train / "imgs"), "--bundle", str(bundle),
+                                          "--home", str(home), "--json"])
+    assert single_run.exit_code == 0, single_run.output
     store = "ray-resume"
     # Ray's own processes probe the cloud metadata service (TPU and cloud-provider detection) whatever kger
     # asks; the network guard refuses those (nothing is sent) and this test allows exactly them, nothing else.
@@ -75,7 +83,14 @@ def test_ray_index_matches_single_process_and_resumes_after_killed_driver(real_s
     with Gallery.open(store, url=chroma_server) as on_ray, Gallery.open("default", home=home) as single:
         ray_meta, single_meta = dict(on_ray.all_metadata()), dict(single.all_metadata())
         assert sorted(ray_meta) == sorted(single_meta)
-        assert ray_meta == single_meta  # labels, paths, names, predictions
+        assert all("familiarity" in m and "trusted" in m for m in ray_meta.values()), "the actors assessed trust"
+        for i, m in ray_meta.items():  # labels, paths, names, predictions, trust; floats up to batch rounding
+            assert m.keys() == single_meta[i].keys(), i
+            for key, value in m.items():
+                if isinstance(value, float):
+                    assert value == pytest.approx(single_meta[i][key], abs=1e-4), (i, key)
+                elif key != "class_probs":
+                    assert value == single_meta[i][key], (i, key)
         ids = sorted(ray_meta)
         a = np.stack([h.embedding for h in on_ray.get(ids)])
         b = np.stack([h.embedding for h in single.get(ids)])

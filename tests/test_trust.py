@@ -165,7 +165,7 @@ def test_region_names_are_truth_and_the_labels_file_decides_the_classes():
 # -- unfamiliar input -----------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_greyscale_and_synthetic_frames_get_no_trusted_prediction(entrep_train, entrep_labels, tmp_path):
+def test_greyscale_and_synthetic_frames_get_no_trusted_prediction(entrep_train, calibrated_bundle, tmp_path):
     """A small bundle trained on 6 real images per class: >= 90 % of the held-out real frames are familiar,
     >= 90 % of their greyscale copies and of the demo's drawn gallery are not, and those get no trusted
     prediction (with this little data no class is trusted at all; the familiarity checks are what can fail)."""
@@ -173,16 +173,11 @@ def test_greyscale_and_synthetic_frames_get_no_trusted_prediction(entrep_train, 
 
     from retrieval.bundle import load_bundle
     from retrieval.preprocess import load_for_model
-    from training.heldout import split_per_class, write_entrep_layout
     from training.synthetic import make_gallery
-    from training.train import train_from_path
 
-    train, held = split_per_class(entrep_labels, entrep_train / "imgs", n_train=6, seed=0)
-    data = write_entrep_layout(tmp_path / "train", train, entrep_train / "imgs")
-    train_from_path(data, tmp_path / "bundle", folds=2, epochs=4, views=2, progress=False)
-    bundle = load_bundle(tmp_path / "bundle")
+    bundle = load_bundle(calibrated_bundle.path)
     assert bundle.trust is not None
-    real = [entrep_train / "imgs" / n for n in sorted(held)]  # real frames the bundle never saw
+    real = [entrep_train / "imgs" / n for n in sorted(calibrated_bundle.held)]  # real frames the bundle never saw
     grey = []
     for p in real:
         q = tmp_path / f"grey-{p.name}"
