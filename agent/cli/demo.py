@@ -82,7 +82,8 @@ def demo(
         shutil.rmtree(root, ignore_errors=True)
         gallery = Gallery.open("demo", create=True)
         gallery.bind_bundle(loaded.fingerprint, loaded.path, loaded.dim)
-    report = index_images(loaded.ensemble, gallery, imgs, labels=read_labels(labels_file) if labels_file else {})
+    report = index_images(loaded.ensemble, gallery, imgs, labels=read_labels(labels_file) if labels_file else {},
+                          trust=loaded.trust)
     err_console.print(f"{report.indexed} indexed, {report.present} already there, {len(report.skipped)} skipped")
     gallery.close()
 
