@@ -12,16 +12,21 @@ case). The generators and their parameters are in bench/scale_data.py. Each item
 ENTRep ones); 200 queries; recall@10 is against exact numpy search over the same full 640-d vectors (with
 the class filter: over that class's vectors).
 
-Store kinds, all through kger's own `Gallery` (HNSW: cosine, M 32, ef_construction 200, ef_search 400;
-upserts in batches of up to 5,000; bound to a simulated bundle, so a query costs what a kger query does:
-the store's count, then the query asking for metadata):
-- `embedded`, `server` (`chroma run`): the full 640-d vectors; top-10 from the index.
+Store kinds, all made and filled through kger's own `Gallery` (HNSW: cosine, M 32, ef_construction 200,
+ef_search 400; upserts in batches of up to 5,000; bound to a simulated bundle):
+- `embedded`, `server` (`chroma run`): the full 640-d vectors; top-10 from the index, with metadata, as
+  `Gallery.query` asks, with the class filter as a Chroma `where`.
 - `twostage` (`twostage-server`): the proposal. The index holds a 64-d projection of each vector (uncentred
   PCA fitted on 20,000 stored vectors, or the mean of the 10 fold slices, whichever keeps more recall when the
   first stage is exact: printed); the full vectors lie beside it as float16 rows in a flat file read through a
   memmap (row = item index). A query: project, ANN top-N ids from Chroma (ids only: asking for N metadata
   rows costs 5x more at N=400), exact re-scoring of those N rows, top-10, then the 10 records' metadata by id.
-  One row per N in --candidates. Build time counts the PCA fit, the projection, the row file and the upserts.
+  With the class filter the first stage is an exact scan of that class's projections (scale_data.ClassScan).
+  One row per N in --candidates. Build time counts the PCA fit, the projection, the files and the upserts.
+`Gallery.query` also asks for the store's count before each query; SQLite counts by scanning, so that cost
+grows with the store (~50 ms at 1M): it is timed apart (count() ms) and left out of p50/p95 for every kind.
+Rows saved without `variant` (marked v1) were measured with that count inside each query, and the two-stage
+class filter as a Chroma `where`.
 
 Measured per store: upsert (build) rate, size on disk (with the row file), resident memory (the server's, or
 this process's growth for embedded stores; the row file is in the page cache, not counted), query latency
@@ -118,6 +123,17 @@ def time_queries(search, queries: np.ndarray, truth: dict) -> dict:
     return out
 
 
+def count_ms(gallery) -> float:
+    """kger's Gallery.query asks the store for its count before every query: that cost, apart (SQLite
+    counts by scanning, so it grows with the store)."""
+    times = []
+    for _ in range(20):
+        t = time.perf_counter()
+        gallery.count()
+        times.append((time.perf_counter() - t) * 1000)
+    return float(np.median(times))
+
+
 def row_of(hits) -> list[int]:
     return [int(h.id[1:]) for h in hits]
 
@@ -127,7 +143,13 @@ def bench_plain(label: str, gallery, data, cls, queries, truth, disk: Path, pid:
     t0 = time.perf_counter()
     fill(label, gallery, data, cls)
     row = {"upsert_per_s": len(data) / (time.perf_counter() - t0), "dims": sd.DIM, "disk_mb": du_mb(disk)}
-    row.update(time_queries(lambda q, where: row_of(gallery.query(q, k=10, where=where)), queries, truth))
+    col = gallery._col  # Gallery.query less its count() per query (timed apart: count_ms)
+
+    def search(q, where):
+        res = col.query(query_embeddings=[q], n_results=10, where=where, include=["metadatas", "distances"])
+        return [int(i[1:]) for i in res["ids"][0]]
+
+    row.update(time_queries(search, queries, truth))
     return [{**row, "rss_mb": rss_mb(pid) - (rss0 if pid == os.getpid() else 0)}]
 
 
@@ -153,18 +175,24 @@ def bench_twostage(label: str, gallery, data, cls, queries, truth, disk: Path, p
     rows = sd.open_rows(rows_path)
     name, project, checks = choose_projection(basis, data, rows, queries, truth["all"], min(cands))
     t3 = time.perf_counter()
-    fill(label, gallery, np.concatenate([project(data[s: s + CHUNK * 20]) for s in range(0, len(data), CHUNK * 20)]),
-         cls)
+    proj = np.concatenate([project(data[s: s + CHUNK * 20]) for s in range(0, len(data), CHUNK * 20)])
+    sd.ClassScan.write(disk, proj, cls)
+    fill(label, gallery, proj, cls)
+    del proj
     build_s = time.perf_counter() - t3 + t2 - t0
     print(f"  {label} build {build_s:.0f} s: row file {t1 - t0:.1f} s, PCA fit {t2 - t1:.1f} s", flush=True)
     build = {"upsert_per_s": len(data) / build_s, "dims": sd.FOLD_DIM, "projection": name,
              "disk_mb": du_mb(disk), **checks}
-    col, n = gallery._col, gallery.count()  # the first stage asks for ids only (no Gallery method for that)
+    col, n, scan = gallery._col, gallery.count(), sd.ClassScan(disk)  # first stage: ids only (no Gallery method)
 
     def search(q, where, n_cand):
-        gallery.count()  # as kger's query does
-        res = col.query(query_embeddings=[project(q[None])[0]], n_results=min(n_cand, n), where=where, include=[])
-        top = sd.rescore(rows, np.array([int(i[1:]) for i in res["ids"][0]]), q, 10)
+        pq = project(q[None])[0]
+        if where:  # the bench's only filter is one class
+            cand = scan.top(pq, CLASSES.index(where["cls"]), n_cand)
+        else:
+            cand = np.array([int(i[1:]) for i in col.query(query_embeddings=[pq], n_results=min(n_cand, n),
+                                                            include=[])["ids"][0]])
+        top = sd.rescore(rows, cand, q, 10)
         return row_of(gallery.get([f"v{i:07d}" for i in top], include_embeddings=False))
 
     out = []
@@ -203,13 +231,15 @@ def stores(args, n: int, work: Path) -> list[dict]:
             bench = bench_twostage if two else bench_plain
             extra = (args.candidates,) if two else ()
             got = bench(kind, g, data, cls, queries, truth, disk, pid, *extra)
+            count = count_ms(g)
             g.close()
         finally:
             if proc is not None:
                 proc.terminate()
                 proc.wait()
         for r in got:
-            r.update(store=kind, data=args.data, n=n, queries=args.queries, fold_noise=args.fold_noise if args.data == "folds" else None)
+            r.update(store=kind, data=args.data, n=n, queries=args.queries, count_ms=count, variant=2,
+                     fold_noise=args.fold_noise if args.data == "folds" else None)
             print(r, flush=True)
             save(args.results, r)
         rows += got
@@ -295,14 +325,16 @@ def table(rows: list[dict], ray_rows: list[dict], folds: int) -> None:
     nq = sorted({r.get("queries", 200) for r in rows})
     print(f"\nstores (SIMULATED 640-d vectors: see bench/scale_data.py), top-10, {nq} queries, class filter = 1 of 7")
     head = ("store", "data", "n", "dims", "N", "upsert/s", "disk MB", "RSS MB", "p50 ms", "p95 ms", "recall@10",
-            "p50 ms cls", "p95 ms cls", "recall@10 cls")
+            "p50 ms cls", "p95 ms cls", "recall@10 cls", "count() ms")
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
         data = r["data"] + (f" (fold noise {r['fold_noise']})" if r.get("fold_noise") not in (None, 0.3) else "")
         store = r["store"] + (f" ({r['projection']})" if r.get("projection") else "")
+        store += "" if r.get("variant") else " [v1: count + Chroma filter per query]"
         print(f"| {store} | {data} | {r['n']:,} | {r['dims']} | {r.get('candidates', '-')} | {r['upsert_per_s']:,.0f} | "
               f"{r['disk_mb']:,.0f} | {r['rss_mb']:,.0f} | {r['p50_ms_all']:.1f} | {r['p95_ms_all']:.1f} | "
-              f"{r['recall10_all']:.3f} | {r['p50_ms_class']:.1f} | {r['p95_ms_class']:.1f} | {r['recall10_class']:.3f} |")
+              f"{r['recall10_all']:.4f} | {r['p50_ms_class']:.1f} | {r['p95_ms_class']:.1f} | {r['recall10_class']:.4f} | "
+              f"{r['count_ms']:.1f} |" if "count_ms" in r else " - |")
     if ray_rows:
         print(f"\nRay, local runtime, {folds}-fold bundle, {ray_rows[0]['images']} real images:")
         print("| workers | images/s | start-up s | wall s |\n|---|---|---|---|")

@@ -27,6 +27,10 @@ projection's recall here is an upper bound of what real vectors give and must be
 
 Two-stage search (the proposal): ANN over a 64-d projection of the stored vectors, top-N candidates, then exact
 re-scoring of those N with the full 640-d vectors (float16 rows on disk, row = item index), top-k of those.
+With a class filter the first stage is no ANN but an exact scan of that class's 64-d projections (stored
+grouped by class, so one class is one contiguous slice): a filter keeps ~1/7 of the items, and scanning
+140k x 64 numbers is cheaper than making the ANN index skip the other 6/7 (Chroma's filtered query took
+0.7 s at 1M, recall 0.94).
 """
 from __future__ import annotations
 
@@ -167,3 +171,28 @@ def projected_recall(project: Callable[[np.ndarray], np.ndarray], data: np.ndarr
     for q, t, cand in zip(queries, truth, exact_topk(proj, project(queries), n_cand)):
         hits += len(set(rescore(rows, cand, q, k).tolist()) & set(t.tolist()))
     return hits / (k * len(queries))
+
+
+class ClassScan:
+    """The exact first stage for a class filter: 64-d projections grouped by class, one class one slice.
+    Saved as two .npy files (projections in class order, and their row indices) and read through memmaps."""
+
+    def __init__(self, folder: Path):
+        self.proj = np.load(folder / "class_proj.npy", mmap_mode="r")
+        self.rows = np.load(folder / "class_rows.npy", mmap_mode="r")
+        self.bounds = np.load(folder / "class_bounds.npy")
+
+    @staticmethod
+    def write(folder: Path, proj: np.ndarray, cls: np.ndarray) -> None:
+        order = np.argsort(cls, kind="stable")
+        np.save(folder / "class_proj.npy", proj[order].astype(np.float32))
+        np.save(folder / "class_rows.npy", order.astype(np.int64))
+        np.save(folder / "class_bounds.npy", np.searchsorted(cls[order], np.arange(N_CLASSES + 1)))
+
+    def top(self, projected_query: np.ndarray, c: int, n_cand: int) -> np.ndarray:
+        """Row indices of the n_cand items of class c with the highest inner product in the projection."""
+        s, e = int(self.bounds[c]), int(self.bounds[c + 1])
+        scores = self.proj[s:e] @ projected_query
+        if n_cand >= e - s:
+            return np.asarray(self.rows[s:e])
+        return np.asarray(self.rows[s:e])[np.argpartition(-scores, n_cand - 1)[:n_cand]]

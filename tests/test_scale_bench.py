@@ -68,3 +68,17 @@ def test_pca_keeps_inner_products_of_vectors_in_a_64d_subspace():
     x = sd.normalise((rng.standard_normal((300, sd.FOLD_DIM)) @ basis.T).astype(np.float32))
     y = sd.pca_projection(sd.fit_pca(x))(x)
     np.testing.assert_allclose(y @ y.T, x @ x.T, atol=1e-4)
+
+
+def test_class_scan_is_exact_search_over_one_class_of_the_projections(tmp_path, folds):
+    data, cls, queries = folds
+    proj = sd.fold_mean(data)
+    sd.ClassScan.write(tmp_path, proj, cls)
+    scan = sd.ClassScan(tmp_path)
+    pq = sd.fold_mean(queries)
+    for c in (0, 4):
+        truth = sd.exact_topk(proj, pq, k=25, mask=cls == c)
+        for q, t in zip(pq, truth):
+            got = scan.top(q, c, 25)
+            assert set(got.tolist()) == set(t.tolist()) and (cls[got] == c).all()
+    assert set(scan.top(pq[0], 1, 10_000).tolist()) == set(np.flatnonzero(cls == 1).tolist())
