@@ -1,19 +1,36 @@
-"""Stores at archive scale, and indexing on Ray at 1 vs 2 workers. On demand, never a test.
+"""Stores at archive scale, a two-stage search proposal, and indexing on Ray at 1 vs 2 workers. On demand only.
 
-    python bench/scale.py                   # 100,000 vectors: embedded store and a `chroma run` server
-    python bench/scale.py --million         # 1,000,000 vectors (about an hour of inserts on 2 cores)
-    python bench/scale.py --ray-only        # only the Ray throughput part
+    python bench/scale.py --n 100000 --stores embedded,server,twostage   # default data: simulated 10-fold vectors
+    python bench/scale.py --n 100000 --stores embedded --data random      # the worst case: random unit vectors
+    python bench/scale.py --million --stores twostage                     # 1,000,000 vectors
+    python bench/scale.py --ray-only                                      # only the Ray throughput part
+    python bench/scale.py --table RESULTS.jsonl                           # one table of every run appended there
 
-Vectors are random unit vectors of 640 dims (10 folds x 64, the shape a 10-fold bundle stores), each with a
-class drawn uniformly from 7 (the ENTRep classes): the worst case for an approximate index, since random
-points in 640 dims have no neighbourhood structure to exploit (real embeddings cluster). Queries are 200 more
-random unit vectors. Both stores go through kger's own `Gallery` (its HNSW settings: M 32, ef_construction
-200, ef_search 400; upserts in batches of up to 5,000; each query also asks the store for its count and bundle
-binding, as kger's queries do). Recall@10 is against exact search by numpy over the same vectors (with the
-class filter: over that class's vectors).
+All vectors are SIMULATED, 640-d (10 folds x 64): `--data folds` as a 10-fold bundle would store video frames
+(clustered, redundant across folds), `--data random` as uniform random unit vectors (no structure: the worst
+case). The generators and their parameters are in bench/scale_data.py. Each item has one of 7 classes (the
+ENTRep ones); 200 queries; recall@10 is against exact numpy search over the same full 640-d vectors (with
+the class filter: over that class's vectors).
 
-Measured per store: upsert rate, size on disk, the server's resident memory (or this process's growth for the
-embedded store), query latency p50/p95 for top-10 with and without a class filter, and recall@10.
+Store kinds, all made and filled through kger's own `Gallery` (HNSW: cosine, M 32, ef_construction 200,
+ef_search 400; upserts in batches of up to 5,000; bound to a simulated bundle):
+- `embedded`, `server` (`chroma run`): the full 640-d vectors; top-10 from the index, with metadata, as
+  `Gallery.query` asks, with the class filter as a Chroma `where`.
+- `twostage` (`twostage-server`): the proposal. The index holds a 64-d projection of each vector (uncentred
+  PCA fitted on 20,000 stored vectors, or the mean of the 10 fold slices, whichever keeps more recall when the
+  first stage is exact: printed); the full vectors lie beside it as float16 rows in a flat file read through a
+  memmap (row = item index). A query: project, ANN top-N ids from Chroma (ids only: asking for N metadata
+  rows costs 5x more at N=400), exact re-scoring of those N rows, top-10, then the 10 records' metadata by id.
+  With the class filter the first stage is an exact scan of that class's projections (scale_data.ClassScan).
+  One row per N in --candidates. Build time counts the PCA fit, the projection, the files and the upserts.
+`Gallery.query` also asks for the store's count before each query; SQLite counts by scanning, so that cost
+grows with the store (~50 ms at 1M): it is timed apart (count() ms) and left out of p50/p95 for every kind.
+Rows saved without `variant` (marked v1) were measured with that count inside each query, and the two-stage
+class filter as a Chroma `where`.
+
+Measured per store: upsert (build) rate, size on disk (with the row file), resident memory (the server's, or
+this process's growth for embedded stores; the row file is in the page cache, not counted), query latency
+p50/p95 for top-10 with and without a class filter, recall@10.
 
 Ray part: the 70 real ENTRep images in 4 orientations (280 distinct files) indexed with `index_with_ray` on a
 local runtime into the server, with a 10-fold bundle, at 1 and at 2 workers. Throughput counts from the first
@@ -22,6 +39,7 @@ stored batch to the last (actor start-up, a fixed cost per run, is printed apart
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -34,19 +52,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 import retrieval  # noqa: E402,F401  (first: sets the OpenMP wait policy before torch loads)
 
 import numpy as np  # noqa: E402
 
+import scale_data as sd  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 CLASSES = ["ear-left", "ear-right", "nose-left", "nose-right", "vc-open", "vc-closed", "throat"]
-DIM, CHUNK = 640, 5000
-
-
-def unit(rng, n: int, dim: int = DIM) -> np.ndarray:
-    x = rng.standard_normal((n, dim), dtype=np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+CHUNK = 5000
+PCA_SAMPLE = 20_000
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -65,7 +82,8 @@ def start_server(path: Path) -> tuple[subprocess.Popen, str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     exe = shutil.which("chroma", path=str(Path(sys.executable).parent)) or "chroma"
-    log = open(path.parent / "server.log", "wb")
+    path.mkdir(parents=True, exist_ok=True)
+    log = open(path.parent / f"{path.name}.log", "wb")
     proc = subprocess.Popen([exe, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -78,71 +96,162 @@ def start_server(path: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("chroma run did not start")
 
 
-def exact_top10(data: np.ndarray, queries: np.ndarray, mask: np.ndarray | None = None) -> list[set[int]]:
-    idx = np.arange(len(data)) if mask is None else np.flatnonzero(mask)
-    sub = data if mask is None else data[idx]
-    scores = sub @ queries.T  # (n, queries)
-    return [set(idx[np.argpartition(-scores[:, j], 10)[:10]].tolist()) for j in range(len(queries))]
+def fill(label: str, gallery, vectors: np.ndarray, cls: np.ndarray) -> None:
+    t0 = time.perf_counter()
+    for s in range(0, len(vectors), CHUNK):
+        e = min(len(vectors), s + CHUNK)
+        gallery.upsert([f"v{i:07d}" for i in range(s, e)], vectors[s:e],
+                       [{"cls": CLASSES[c], "name": f"v{i}"} for i, c in zip(range(s, e), cls[s:e])])
+        if (s // CHUNK) % 20 == 0 or e == len(vectors):
+            print(f"  {label}: {e:,} upserted, {e / (time.perf_counter() - t0):,.0f}/s", flush=True)
 
 
-def bench_store(label: str, gallery, data: np.ndarray, cls: np.ndarray, queries: np.ndarray, disk: Path,
-                pid: int) -> dict:
+def time_queries(search, queries: np.ndarray, truth: dict) -> dict:
+    """p50/p95 ms and recall@10 of `search(query, where) -> row indices`, without and with the class filter."""
+    out = {}
+    for name, where in (("all", None), ("class", {"cls": CLASSES[2]})):
+        search(queries[0], where)  # warm-up
+        times, hits = [], 0
+        for q, t in zip(queries, truth[name]):
+            t1 = time.perf_counter()
+            got = search(q, where)
+            times.append((time.perf_counter() - t1) * 1000)
+            hits += len(set(got) & set(t.tolist()))
+        out[f"p50_ms_{name}"] = float(np.percentile(times, 50))
+        out[f"p95_ms_{name}"] = float(np.percentile(times, 95))
+        out[f"recall10_{name}"] = hits / (10 * len(queries))
+    return out
+
+
+def count_ms(gallery) -> float:
+    """kger's Gallery.query asks the store for its count before every query: that cost, apart (SQLite
+    counts by scanning, so it grows with the store)."""
+    times = []
+    for _ in range(20):
+        t = time.perf_counter()
+        gallery.count()
+        times.append((time.perf_counter() - t) * 1000)
+    return float(np.median(times))
+
+
+def row_of(hits) -> list[int]:
+    return [int(h.id[1:]) for h in hits]
+
+
+def bench_plain(label: str, gallery, data, cls, queries, truth, disk: Path, pid: int) -> list[dict]:
     rss0 = rss_mb(pid)
     t0 = time.perf_counter()
-    for s in range(0, len(data), CHUNK):
-        e = min(len(data), s + CHUNK)
-        gallery.upsert([f"v{i:07d}" for i in range(s, e)], data[s:e],
-                       [{"cls": CLASSES[c], "name": f"v{i}"} for i, c in zip(range(s, e), cls[s:e])])
-        if (s // CHUNK) % 20 == 0:
-            print(f"  {label}: {e:,} upserted, {e / (time.perf_counter() - t0):,.0f}/s", flush=True)
-    upsert_s = time.perf_counter() - t0
-    row = {"store": label, "n": len(data), "upsert_per_s": len(data) / upsert_s, "disk_mb": du_mb(disk),
-           "rss_mb": rss_mb(pid), "rss_growth_mb": rss_mb(pid) - rss0}
-    target = CLASSES[2]
-    exact = exact_top10(data, queries)
-    exact_f = exact_top10(data, queries, cls == CLASSES.index(target))
-    for name, where, truth in (("all", None, exact), ("class", {"cls": target}, exact_f)):
-        gallery.query(queries[0], k=10, where=where)  # warm-up
-        times, hits = [], 0
-        for q, t in zip(queries, truth):
-            t1 = time.perf_counter()
-            got = gallery.query(q, k=10, where=where)
-            times.append((time.perf_counter() - t1) * 1000)
-            hits += len({int(h.id[1:]) for h in got} & t)
-        row[f"p50_ms_{name}"] = float(np.percentile(times, 50))
-        row[f"p95_ms_{name}"] = float(np.percentile(times, 95))
-        row[f"recall10_{name}"] = hits / (10 * len(queries))
-    row["rss_mb"] = rss_mb(pid)
-    row["rss_peak_mb"] = rss_mb(pid, "VmHWM")
-    return row
+    fill(label, gallery, data, cls)
+    row = {"upsert_per_s": len(data) / (time.perf_counter() - t0), "dims": sd.DIM, "disk_mb": du_mb(disk)}
+    col = gallery._col  # Gallery.query less its count() per query (timed apart: count_ms)
+
+    def search(q, where):
+        res = col.query(query_embeddings=[q], n_results=10, where=where, include=["metadatas", "distances"])
+        return [int(i[1:]) for i in res["ids"][0]]
+
+    row.update(time_queries(search, queries, truth))
+    return [{**row, "rss_mb": rss_mb(pid) - (rss0 if pid == os.getpid() else 0)}]
 
 
-def stores(n: int, nq: int, work: Path, which: set[str]) -> list[dict]:
+def choose_projection(basis, data, rows, queries, truth_all, n_cand: int) -> tuple[str, object, dict]:
+    """Of the two 64-d projections, the one with more recall when the first stage is exact (no ANN)."""
+    found = {}
+    for name, project in (("pca", sd.pca_projection(basis)), ("foldmean", sd.fold_mean)):
+        found[name] = (project, sd.projected_recall(project, data, rows, queries, truth_all, n_cand))
+        print(f"  projection {name}: recall@10 {found[name][1]:.4f} with an exact first stage, N={n_cand}", flush=True)
+    best = max(found, key=lambda k: found[k][1])
+    return best, found[best][0], {f"exact_first_stage_{k}": v[1] for k, v in found.items()}
+
+
+def bench_twostage(label: str, gallery, data, cls, queries, truth, disk: Path, pid: int,
+                   cands: list[int]) -> list[dict]:
+    rss0 = rss_mb(pid)
+    rows_path = disk / "rows.f16"
+    t0 = time.perf_counter()
+    sd.write_rows(rows_path, data)
+    t1 = time.perf_counter()
+    basis = sd.fit_pca(data[:: max(1, len(data) // PCA_SAMPLE)][:PCA_SAMPLE])
+    t2 = time.perf_counter()
+    rows = sd.open_rows(rows_path)
+    name, project, checks = choose_projection(basis, data, rows, queries, truth["all"], min(cands))
+    t3 = time.perf_counter()
+    proj = np.concatenate([project(data[s: s + CHUNK * 20]) for s in range(0, len(data), CHUNK * 20)])
+    sd.ClassScan.write(disk, proj, cls)
+    fill(label, gallery, proj, cls)
+    del proj
+    build_s = time.perf_counter() - t3 + t2 - t0
+    print(f"  {label} build {build_s:.0f} s: row file {t1 - t0:.1f} s, PCA fit {t2 - t1:.1f} s", flush=True)
+    build = {"upsert_per_s": len(data) / build_s, "dims": sd.FOLD_DIM, "projection": name,
+             "disk_mb": du_mb(disk), **checks}
+    col, n, scan = gallery._col, gallery.count(), sd.ClassScan(disk)  # first stage: ids only (no Gallery method)
+
+    def search(q, where, n_cand):
+        pq = project(q[None])[0]
+        if where:  # the bench's only filter is one class
+            cand = scan.top(pq, CLASSES.index(where["cls"]), n_cand)
+        else:
+            cand = np.array([int(i[1:]) for i in col.query(query_embeddings=[pq], n_results=min(n_cand, n),
+                                                            include=[])["ids"][0]])
+        top = sd.rescore(rows, cand, q, 10)
+        return row_of(gallery.get([f"v{i:07d}" for i in top], include_embeddings=False))
+
+    out = []
+    for n_cand in cands:
+        got = time_queries(lambda q, where: search(q, where, n_cand), queries, truth)
+        out.append({**build, **got, "candidates": n_cand})
+        print(f"  {label} N={n_cand}: {got}", flush=True)
+    rss = rss_mb(pid) - (rss0 if pid == os.getpid() else 0)
+    return [{**r, "rss_mb": rss} for r in out]
+
+
+def stores(args, n: int, work: Path) -> list[dict]:
     from store.gallery import Gallery
 
-    rng = np.random.default_rng(0)
-    print(f"making {n:,} random unit vectors of {DIM} dims ...", flush=True)
-    data = np.concatenate([unit(rng, min(CHUNK * 20, n - s)) for s in range(0, n, CHUNK * 20)])
-    cls = rng.integers(0, len(CLASSES), n)
-    queries = unit(rng, nq)
+    print(f"making {n:,} {args.data} vectors of {sd.DIM} dims (simulated) ...", flush=True)
+    t = time.perf_counter()
+    if args.data == "random":
+        data, cls, queries = sd.random_data(n, args.queries)
+    else:
+        data, cls, queries = sd.folds_data(n, args.queries, spec=sd.FoldsSpec(fold_noise=args.fold_noise))
+    target = cls == CLASSES.index(CLASSES[2])
+    truth = {"all": sd.exact_topk(data, queries), "class": sd.exact_topk(data, queries, mask=target)}
+    print(f"  data and exact search: {time.perf_counter() - t:.0f} s", flush=True)
     rows = []
-    if "embedded" in which:
-        home = work / "home"
-        g = Gallery.open("scale", home=home, create=True)
-        rows.append(bench_store("embedded", g, data, cls, queries, home, os.getpid()))
-        g.close()
-        print(rows[-1], flush=True)
-    if "server" in which:
-        proc, url = start_server(work / "server-db")
+    for kind in args.stores.split(","):
+        two = kind.startswith("twostage")
+        disk = work / kind
+        proc = None
+        if kind.endswith("server"):
+            proc, url = start_server(disk / "db")
+            g, pid = Gallery.open("scale", url=url, create=True), proc.pid
+        else:
+            g, pid = Gallery.open("scale", home=disk, create=True), os.getpid()
         try:
-            g = Gallery.open("scale", url=url, create=True)
-            rows.append(bench_store("server", g, data, cls, queries, work / "server-db", proc.pid))
+            g.bind_bundle(f"simulated-{args.data}", "simulated", sd.FOLD_DIM if two else sd.DIM)
+            bench = bench_twostage if two else bench_plain
+            extra = (args.candidates,) if two else ()
+            got = bench(kind, g, data, cls, queries, truth, disk, pid, *extra)
+            count = count_ms(g)
             g.close()
         finally:
-            proc.terminate()
-            proc.wait()
-        print(rows[-1], flush=True)
+            if proc is not None:
+                proc.terminate()
+                proc.wait()
+        for r in got:
+            r.update(store=kind, data=args.data, n=n, queries=args.queries, count_ms=count, variant=2,
+                     fold_noise=args.fold_noise if args.data == "folds" else None)
+            print(r, flush=True)
+            save(args.results, r)
+        rows += got
+        if not args.keep:
+            shutil.rmtree(disk, ignore_errors=True)
     return rows
+
+
+def save(results: Path | None, row: dict) -> None:
+    if results is not None:
+        with open(results, "a") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 def ray_throughput(work: Path, folds: int, workers_list: list[int]) -> list[dict]:
@@ -191,38 +300,81 @@ def ray_throughput(work: Path, folds: int, workers_list: list[int]) -> list[dict
     return rows
 
 
+def on_paper(rows: list[dict], ray_rows: list[dict]) -> str:
+    """N machines, on paper: Ray workers share nothing but the Chroma server, so embedding scales with
+    machines until the server's upsert rate caps it."""
+    by_w = {r["workers"]: r["images_per_s"] for r in ray_rows}
+    servers = [r for r in rows if r["store"] == "server"]
+    if 1 not in by_w or 2 not in by_w or not servers:
+        return "(on paper: needs the Ray rows at 1 and 2 workers and a `server` row)"
+    per_machine, server = by_w[2], max(servers, key=lambda r: r["n"])
+    cap = server["upsert_per_s"]
+
+    def hours(m: int) -> str:
+        return f"{m} machines {1e6 / min(m * per_machine, cap) / 3600:.1f} h"
+
+    return (f"On paper: a 2-core machine embeds {per_machine:.1f} images/s with 2 Ray workers ({by_w[2] / by_w[1]:.2f}x "
+            f"one worker's {by_w[1]:.1f}/s). Workers share nothing but the Chroma server, so N such machines give about "
+            f"N x {per_machine:.1f} images/s until the server's measured upsert rate ({cap:,.0f}/s for 640-d vectors "
+            f"into {server['n']:,}, one client; it falls as the index grows) caps it, at about {cap / per_machine:.0f} "
+            f"machines. 1M frames: {', '.join(hours(m) for m in (1, 8, 32, 128))}. Beyond the cap: more servers "
+            f"(one collection each) or the 64-d two-stage index, whose build rate is higher.")
+
+
+def table(rows: list[dict], ray_rows: list[dict], folds: int) -> None:
+    nq = sorted({r.get("queries", 200) for r in rows})
+    print(f"\nstores (SIMULATED 640-d vectors: see bench/scale_data.py), top-10, {nq} queries, class filter = 1 of 7")
+    head = ("store", "data", "n", "dims", "N", "upsert/s", "disk MB", "RSS MB", "p50 ms", "p95 ms", "recall@10",
+            "p50 ms cls", "p95 ms cls", "recall@10 cls", "count() ms")
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in rows:
+        data = r["data"] + (f" (fold noise {r['fold_noise']})" if r.get("fold_noise") not in (None, 0.3) else "")
+        store = r["store"] + (f" ({r['projection']})" if r.get("projection") else "")
+        store += "" if r.get("variant") else " [v1: count + Chroma filter per query]"
+        print(f"| {store} | {data} | {r['n']:,} | {r['dims']} | {r.get('candidates', '-')} | {r['upsert_per_s']:,.0f} | "
+              f"{r['disk_mb']:,.0f} | {r['rss_mb']:,.0f} | {r['p50_ms_all']:.1f} | {r['p95_ms_all']:.1f} | "
+              f"{r['recall10_all']:.4f} | {r['p50_ms_class']:.1f} | {r['p95_ms_class']:.1f} | {r['recall10_class']:.4f} | "
+              f"{r['count_ms']:.1f} |" if "count_ms" in r else " - |")
+    if ray_rows:
+        print(f"\nRay, local runtime, {folds}-fold bundle, {ray_rows[0]['images']} real images:")
+        print("| workers | images/s | start-up s | wall s |\n|---|---|---|---|")
+        for r in ray_rows:
+            print(f"| {r['workers']} | {r['images_per_s']:.1f} | {r['startup_s']:.1f} | {r['wall_s']:.1f} |")
+        print("\n" + on_paper(rows, ray_rows))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--million", action="store_true", help="1,000,000 vectors")
     ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--stores", default="embedded,server")
+    ap.add_argument("--stores", default="embedded,server,twostage",
+                    help="comma-separated: embedded, server, twostage, twostage-server")
+    ap.add_argument("--data", choices=("folds", "random"), default="folds")
+    ap.add_argument("--fold-noise", type=float, default=sd.FoldsSpec.fold_noise, help="folds data: fold disagreement")
+    ap.add_argument("--candidates", default="100,200,400", help="two-stage: first-stage sizes N to measure")
     ap.add_argument("--ray-only", action="store_true")
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--folds", type=int, default=10)
     ap.add_argument("--work", type=Path, default=None, help="folder for the stores (default: a temporary one)")
+    ap.add_argument("--keep", action="store_true", help="keep each store after measuring it")
+    ap.add_argument("--results", type=Path, default=None, help="append every row here (JSON lines)")
+    ap.add_argument("--table", type=Path, default=None, help="only print the table of the rows in this file")
     args = ap.parse_args()
+    args.candidates = [int(c) for c in args.candidates.split(",")]
+    if args.table:
+        saved = [json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]
+        table([r for r in saved if r["store"] != "ray"], [r for r in saved if r["store"] == "ray"], args.folds)
+        return
     n = 1_000_000 if args.million else args.n
     work = Path(args.work or tempfile.mkdtemp(prefix="kger-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
     print(f"work folder {work}; {os.cpu_count()} CPUs", flush=True)
-    rows = [] if args.ray_only else stores(n, args.queries, work, set(args.stores.split(",")))
+    rows = [] if args.ray_only else stores(args, n, work)
     ray_rows = [] if args.no_ray else ray_throughput(work, args.folds, [1, 2])
-    print(f"\nstores: {DIM}-d random unit vectors, top-10, {args.queries} random queries, class filter = 1 of 7")
-    head = ("store", "n", "upsert/s", "disk MB", "RSS MB", "p50 ms", "p95 ms", "recall@10",
-            "p50 ms cls", "p95 ms cls", "recall@10 cls")
-    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for r in rows:
-        rss = r["rss_mb"] if r["store"] == "server" else r["rss_growth_mb"]
-        print(f"| {r['store']} | {r['n']:,} | {r['upsert_per_s']:,.0f} | {r['disk_mb']:,.0f} | {rss:,.0f} | "
-              f"{r['p50_ms_all']:.1f} | {r['p95_ms_all']:.1f} | {r['recall10_all']:.3f} | {r['p50_ms_class']:.1f} | "
-              f"{r['p95_ms_class']:.1f} | {r['recall10_class']:.3f} |")
-    if ray_rows:
-        print(f"\nRay, local runtime, {args.folds}-fold bundle, {ray_rows[0]['images']} images:")
-        print("| workers | images/s | start-up s | wall s |\n|---|---|---|---|")
-        for r in ray_rows:
-            print(f"| {r['workers']} | {r['images_per_s']:.1f} | {r['startup_s']:.1f} | {r['wall_s']:.1f} |")
-        if len(ray_rows) == 2:
-            print(f"2 vs 1 workers: {ray_rows[1]['images_per_s'] / ray_rows[0]['images_per_s']:.2f}x")
+    for r in ray_rows:
+        save(args.results, {**r, "store": "ray"})
+    table(rows, ray_rows, args.folds)
 
 
 if __name__ == "__main__":
