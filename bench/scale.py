@@ -308,7 +308,7 @@ def on_paper(rows: list[dict], ray_rows: list[dict]) -> str:
     cap = server["upsert_per_s"]
 
     def hours(m: int) -> str:
-        return f"{m} machines {1e6 / min(m * per_machine, cap) / 3600:.1f} h"
+        return f"{m} machine{'s' * (m > 1)} {1e6 / min(m * per_machine, cap) / 3600:.1f} h"
 
     return (f"On paper: a 2-core machine embeds {per_machine:.1f} images/s with 2 Ray workers ({by_w[2] / by_w[1]:.2f}x "
             f"one worker's {by_w[1]:.1f}/s). Workers share nothing but the Chroma server, so N such machines give about "

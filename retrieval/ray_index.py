@@ -17,9 +17,11 @@ statistics, bound to 127.0.0.1.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -140,25 +142,28 @@ def index_with_ray(
     done, total = 0, len(by_id)
     if on_progress:
         on_progress(0, total)
-    ray, started = start_ray(address, workers)
-    try:
-        # Images in batches of `batch_size`; videos one per batch (one video may be hundreds of frames).
-        for rows, per_batch in ((images, batch_size), (videos, 1)):
-            for out in _stream(ray, rows, per_batch, workers, actor_args):
-                for path, status, reason, trusted in zip(out["path"], out["status"], out["reason"], out["trusted"]):
-                    if status == "indexed":
-                        report.indexed += 1
-                        report.trusted += bool(trusted)
-                    elif status == "present":
-                        report.present += 1
-                    else:
-                        skip(path, str(reason))
-                done = min(total, done + (len(out["path"]) if per_batch > 1 else 1))
-                if on_progress:
-                    on_progress(done, total)
-    finally:
-        if started:
-            ray.shutdown()
+    # Ray's driver prints cluster messages ("Task ... failed ... will be retried") to sys.stdout from its own
+    # thread, whatever log_to_driver says: while Ray runs they go to stderr, so `--json` stdout stays JSON.
+    with contextlib.redirect_stdout(sys.stderr):
+        ray, started = start_ray(address, workers)
+        try:
+            # Images in batches of `batch_size`; videos one per batch (one video may be hundreds of frames).
+            for rows, per_batch in ((images, batch_size), (videos, 1)):
+                for out in _stream(ray, rows, per_batch, workers, actor_args):
+                    for path, status, reason, trusted in zip(out["path"], out["status"], out["reason"], out["trusted"]):
+                        if status == "indexed":
+                            report.indexed += 1
+                            report.trusted += bool(trusted)
+                        elif status == "present":
+                            report.present += 1
+                        else:
+                            skip(path, str(reason))
+                    done = min(total, done + (len(out["path"]) if per_batch > 1 else 1))
+                    if on_progress:
+                        on_progress(done, total)
+        finally:
+            if started:
+                ray.shutdown()
     log.info("ray: %s", json.dumps({"indexed": report.indexed, "present": report.present}))
     return report
 
