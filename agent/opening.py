@@ -11,7 +11,7 @@ def prefetch_bundle(store: str = "default", url: Optional[str] = None) -> None:
     `kger search` pays Chroma's import (and `kger ask` LangGraph's) side by side with loading the text
     graph, not one after the other (bench/cold_start.py). A server store has no such file: nothing starts."""
     from retrieval.encoder import prefetch
-    from store.gallery import bundle_hint
+    from store.hint import bundle_hint
 
     if url is None and (hint := bundle_hint(store)) is not None:
         prefetch(hint)

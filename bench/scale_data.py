@@ -69,18 +69,20 @@ def _gauss(rng: np.random.Generator, n: int, d: int = FOLD_DIM) -> np.ndarray:
     return rng.standard_normal((n, d), dtype=np.float32) / np.float32(np.sqrt(d))
 
 
-def random_data(n: int, nq: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(vectors (n, 640), class index (n,), queries (nq, 640)), all unit vectors uniform on the sphere."""
+def random_data(n: int, nq: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(vectors (n, 640), class index (n,), queries (nq, 640), a class per query (drawn: random queries have
+    none)), all unit vectors uniform on the sphere."""
     rng = np.random.default_rng(seed)
     data = np.concatenate([normalise(rng.standard_normal((min(GEN_CHUNK, n - s), DIM), dtype=np.float32))
                            for s in range(0, n, GEN_CHUNK)])
     cls = rng.integers(0, N_CLASSES, n)
-    return data, cls, normalise(rng.standard_normal((nq, DIM), dtype=np.float32))
+    return data, cls, normalise(rng.standard_normal((nq, DIM), dtype=np.float32)), rng.integers(0, N_CLASSES, nq)
 
 
 def folds_data(n: int, nq: int, seed: int = 0, spec: FoldsSpec = FoldsSpec()
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(vectors (n, 640), class index (n,), queries (nq, 640)) as a 10-fold bundle would store video frames."""
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(vectors (n, 640), class index (n,), queries (nq, 640), each query's class (that of the shot it was
+    drawn near, as a description names the region it asks for)) as a 10-fold bundle would store video frames."""
     rng = np.random.default_rng(seed)
     n_shots = -(-n // spec.frames_per_shot)
     n_exams = -(-n_shots // spec.shots_per_exam)
@@ -103,7 +105,18 @@ def folds_data(n: int, nq: int, seed: int = 0, spec: FoldsSpec = FoldsSpec()
         data[s: s + len(sh)] = encode(normalise(shot_centre(sh) + spec.frame_w * _gauss(rng, len(sh))), spec.fold_noise)
     q_shots = rng.integers(0, n_shots, nq)
     queries = encode(normalise(shot_centre(q_shots) + spec.query_w * _gauss(rng, nq)), spec.query_fold_noise)
-    return data, shot_cls[shot_of], queries
+    return data, shot_cls[shot_of], queries, shot_cls[q_shots]
+
+
+def exact_topk_own_class(data: np.ndarray, cls: np.ndarray, queries: np.ndarray, q_cls: np.ndarray,
+                         k: int = 10) -> list[np.ndarray]:
+    """Each query's exact top k among the rows of its own class."""
+    out: list = [None] * len(queries)
+    for c in np.unique(q_cls):
+        which = np.flatnonzero(q_cls == c)
+        for j, top in zip(which, exact_topk(data, queries[which], k, mask=cls == c)):
+            out[j] = top
+    return out
 
 
 def exact_topk(data: np.ndarray, queries: np.ndarray, k: int = 10, mask: np.ndarray | None = None,

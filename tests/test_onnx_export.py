@@ -188,7 +188,7 @@ def test_a_wrong_bundle_hint_is_only_a_hint(chat_gallery, exported, monkeypatch)
     """The store's bundle.json lets `open_searcher` start loading before Chroma is imported; the binding in
     the collection decides, and a stale hint is put right."""
     from agent.opening import open_searcher
-    from store.gallery import HINT_FILE, bundle_hint
+    from store.hint import HINT_FILE, bundle_hint
 
     monkeypatch.setenv("KGER_HOME", str(chat_gallery))
     bound = str(chat_gallery.parent / "bundle")

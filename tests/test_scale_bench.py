@@ -20,8 +20,9 @@ def folds():
 
 
 def test_fold_vectors_are_unit_concatenations_of_unit_fold_slices(folds):
-    data, cls, queries = folds
+    data, cls, queries, q_cls = folds
     assert data.shape == (600, sd.DIM) and queries.shape == (12, sd.DIM) and cls.shape == (600,)
+    assert q_cls.shape == (12,) and set(q_cls) <= set(range(sd.N_CLASSES))
     slices = data.reshape(600, sd.FOLDS, sd.FOLD_DIM) * np.sqrt(sd.FOLDS)
     np.testing.assert_allclose(np.linalg.norm(slices, axis=2), 1.0, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(data, axis=1), 1.0, atol=1e-5)
@@ -39,7 +40,7 @@ def test_frames_of_one_shot_are_nearer_than_frames_of_other_examinations(folds):
 
 @pytest.mark.parametrize("kind", ["folds", "random"])
 def test_two_stage_equals_exact_search_when_the_first_stage_keeps_every_item(tmp_path, folds, kind):
-    data, _, queries = folds if kind == "folds" else sd.random_data(600, 12, seed=3)
+    data, _, queries, _ = folds if kind == "folds" else sd.random_data(600, 12, seed=3)
     sd.write_rows(tmp_path / "rows.f16", data)
     rows = sd.open_rows(tmp_path / "rows.f16")
     assert rows.shape == data.shape
@@ -71,7 +72,7 @@ def test_pca_keeps_inner_products_of_vectors_in_a_64d_subspace():
 
 
 def test_class_scan_is_exact_search_over_one_class_of_the_projections(tmp_path, folds):
-    data, cls, queries = folds
+    data, cls, queries, q_cls = folds
     proj = sd.fold_mean(data)
     sd.ClassScan.write(tmp_path, proj, cls)
     scan = sd.ClassScan(tmp_path)
@@ -82,3 +83,11 @@ def test_class_scan_is_exact_search_over_one_class_of_the_projections(tmp_path, 
             got = scan.top(q, c, 25)
             assert set(got.tolist()) == set(t.tolist()) and (cls[got] == c).all()
     assert set(scan.top(pq[0], 1, 10_000).tolist()) == set(np.flatnonzero(cls == 1).tolist())
+
+
+def test_own_class_truth_is_the_exact_search_within_each_querys_class(folds):
+    data, cls, queries, q_cls = folds
+    got = sd.exact_topk_own_class(data, cls, queries, q_cls, k=5)
+    for q, c, top in zip(queries, q_cls, got):
+        members = np.flatnonzero(cls == c)
+        assert set(top) == set(members[np.argsort(-(data[members] @ q))[:5]])

@@ -84,12 +84,51 @@ def round_trip(gallery: Gallery) -> None:
     assert "fp-a" in str(err.value) and "fp-b" in str(err.value) and "/bundles/a" in str(err.value)
 
 
+def class_filter_round_trip(gallery: Gallery) -> None:
+    """`classes=` answers the exact top k of those classes whichever way it goes: from one unfiltered look
+    at the top max(200, 4k) (common classes) or through Chroma's filter (a rare class, or a large k)."""
+    n, dim = 1200, 32
+    x = unit_vectors(n, dim, seed=3)
+    cls = np.array(["rare" if i % 400 == 0 else LABELS[i % 6] for i in range(n)])
+    gallery.bind_bundle("fp-c", "/bundles/c", dim)
+    gallery.upsert([f"c{i:05d}" for i in range(n)], x, [{"cls": c} for c in cls])
+    chroma, filtered = gallery._col, []
+
+    class Spy:  # which queries reach Chroma with a filter
+        def __getattr__(self, name):
+            return getattr(chroma, name)
+
+        def query(self, **kw):
+            filtered.append(kw.get("where") is not None)
+            return chroma.query(**kw)
+
+    gallery._col = Spy()
+    try:
+        for seed in range(8):
+            q = unit_vectors(1, dim, seed=100 + seed)[0]
+            for classes, k in ((["ear-left"], 10), (["ear-left", "throat"], 60), (["rare"], 3), (["throat"], 120)):
+                filtered.clear()
+                mask = np.isin(cls, classes)
+                order = [i for i in np.argsort(-(x @ q)) if mask[i]][:k]
+                hits = gallery.query(q, k=k, classes=classes, include_embeddings=True)
+                assert [h.id for h in hits] == [f"c{i:05d}" for i in order], (classes, k)
+                np.testing.assert_allclose(np.stack([h.embedding for h in hits]), x[order], atol=1e-6)
+                np.testing.assert_allclose([h.score for h in hits], (x @ q)[order], atol=1e-5)
+                # common classes: one unfiltered look; the rare class and k = 120: Chroma's filter
+                assert filtered == ([False] if classes[0] in ("ear-left",) else
+                                    [False, True] if classes == ["rare"] else [True]), (classes, k, filtered)
+    finally:
+        gallery._col = chroma
+
+
 def test_round_trip_embedded(kger_home):
     with Gallery.open("t1", create=True) as g:
         assert g.count() == 0 and g.bundle is None
         assert g.query(unit_vectors(1, 32)[0], k=5) == []  # empty store
         round_trip(g)
     assert (kger_home / "stores" / "t1" / "chroma").is_dir()
+    with Gallery.open("classes", create=True) as g:
+        class_filter_round_trip(g)
     with Gallery.open("t1") as g:  # reopen in this process: bundle and records persisted
         assert g.count() == 60 and g.bundle["fingerprint"] == "fp-a"
 
@@ -309,6 +348,8 @@ def test_round_trip_on_a_chroma_server(chroma_server, kger_home):
         Gallery.open("srv", url=chroma_server)
     with Gallery.open("srv", url=chroma_server, create=True) as g:
         round_trip(g)
+    with Gallery.open("srv-classes", url=chroma_server, create=True) as g:
+        class_filter_round_trip(g)
     with Gallery.open("srv", url=chroma_server) as g:  # a second client sees the same store and bundle
         assert g.count() == 60 and g.bundle["fingerprint"] == "fp-a"
     assert not (kger_home / "stores").exists()  # nothing embedded was made
