@@ -1,5 +1,5 @@
 """`kger serve` over real sockets on 127.0.0.1, on the 70 real images: round trips, 4xx for bad requests, the
-token, and a real MCP client session over stdio."""
+token, and real MCP client sessions over stdio and over streamable HTTP."""
 from __future__ import annotations
 
 import hashlib
@@ -179,3 +179,27 @@ def test_mcp_stdio_session_lists_tools_and_answers(chat_gallery):
     assert not asked.is_error and asked.structured_content["rows"][0]["label"] == "ear-left"
     assert bad.is_error
     assert not traced.is_error and traced.structured_content["input"] == "left ear, tympanic membrane"
+
+
+def test_mcp_over_streamable_http_with_the_token(server):
+    """The SDK's own client at /mcp of the running server, sending the token as every other client must."""
+    import anyio
+    import httpx2  # the MCP SDK's HTTP client library
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    url, _ = server
+
+    async def session():
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=httpx2.Timeout(30, read=300))
+        async with http, Client(streamable_http_client(url + "/mcp/", http_client=http)) as c:
+            tools = {t.name for t in (await c.list_tools()).tools}
+            retrieved = await c.call_tool("retrieve", {"query": "right nose", "k": 3, "region": "nose", "side": "right"})
+            asked = await c.call_tool("ask", {"description": "left ear, tympanic membrane", "k": 3})
+            return tools, retrieved, asked
+
+    tools, retrieved, asked = anyio.run(session)
+    assert tools == {"retrieve", "similar", "ask", "trace"}
+    assert not retrieved.is_error
+    assert [r["label"] for r in retrieved.structured_content["results"]] == ["nose-right"] * 3
+    assert not asked.is_error and asked.structured_content["rows"][0]["label"] == "ear-left"
