@@ -21,8 +21,8 @@ from store.errors import INDEX_HINT as _INDEX_HINT, BundleMismatchError, StoreEr
 from store.hint import keep_hint
 from store.locks import StoreLock
 from store.opening import lock_store as _lock_store, readable_copy, unopenable as _unopenable
-from store.records import clean_metadata, where_clause as _where
 from store.paths import stores_dir
+from store.records import clean_metadata, where_clause as _where
 
 # Chroma's defaults (ef 100, M 16) gave recall@10 = 0.81 against exact search on 3,000 random 640-d
 # vectors; these gave 1.00 at about 1 ms a query. Galleries are small, so exactness wins.
