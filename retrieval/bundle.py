@@ -243,7 +243,6 @@ def set_manifest_entry(path: str | Path, key: str, value: Any) -> dict:
 def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     """Rebuild the ensemble, check the shared trunk's hash and every fold file's checksum, load the folds."""
     from retrieval.ensemble import FoldEnsemble
-    from retrieval.trust import Trust
 
     path = Path(path)
     manifest = read_manifest(path)
@@ -289,7 +288,6 @@ def init_bundle(
     `spec_fields` (image_backbone=, pool=, ...) replace those of `spec` (default: NanoCLIPSpec()).
     `export`: also write the ONNX query-time towers (retrieval/export.py)."""
     from retrieval.ensemble import FoldEnsemble
-    from retrieval.trust import Trust
 
     out = Path(out)
     if (out / MANIFEST).exists():
