@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from agent.cli.queries import read_ground_truth, read_queries
+from agent.core.queries import read_ground_truth, read_queries
 
 runner = CliRunner()
 ANNOTATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "entrep" / "annotations" / "data"

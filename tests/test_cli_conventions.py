@@ -59,7 +59,7 @@ def _pty_run(argv: list[str], env: dict[str, str], timeout: float = 120) -> tupl
 
 
 def test_version():
-    from agent.cli.common import kger_version
+    from agent.core.version import kger_version
 
     r = CliRunner().invoke(app, ["--version"])
     assert r.exit_code == 0 and r.output.strip() == f"kger {kger_version()}"

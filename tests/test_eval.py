@@ -14,12 +14,12 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from agent.cli.evaluate import (
+from agent.core.evaluate import (
     STAGES, EvalRecord, deltas, fused_order, fusion_grid, judge_order, resolve_truth, split_queries,
     stage_rankings, tune_fusion,
 )
 from agent.posfuse import FuseConfig
-from agent.cli.queries import Truth
+from agent.core.queries import Truth
 from agent.state import Answer, AnswerRow
 from test_cli_batch import CLASS_QUERIES, T2I_JSON, lines_of
 

@@ -85,7 +85,7 @@ def test_row5_markup_and_links_are_shown_not_applied(real_store):
     home, _ = real_store
     term = Console(force_terminal=True, width=250, record=True)
     from agent.cli.gallery import results_table
-    from agent.cli.render import literal
+    from agent.core.render import literal
 
     term.print(results_table([], literal(f"Top 0 for {LINK!r}")))
     styled = term.export_text(styles=True, clear=False)
@@ -117,7 +117,7 @@ def test_row16_chat_shows_the_description_once_unescaped(word_searcher):
 
 
 def test_control_characters_never_reach_the_terminal():
-    from agent.cli.render import clean, literal
+    from agent.core.render import clean, literal
 
     assert clean("a\x1b[31mred\x07") == "a\\x1b[31mred\\x07"
     assert "\x1b" not in literal("\x1b]8;;http://x\x1b\\y").plain
@@ -279,7 +279,7 @@ def test_row9_fold_count_must_match_the_fold_files(real_store, tmp_path):
 
 
 def test_row10_utf16_query_files_are_read_and_a_file_without_queries_is_an_error(tmp_path):
-    from agent.cli.queries import read_queries
+    from agent.core.queries import read_queries
 
     for enc in ("utf-16", "utf-16-be", "utf-32", "utf-8-sig"):
         f = tmp_path / f"q-{enc}.txt"
@@ -295,7 +295,7 @@ def test_row10_utf16_query_files_are_read_and_a_file_without_queries_is_an_error
 
 
 def test_row11_eval_csv_header_is_checked_and_the_delimiter_sniffed(tmp_path):
-    from agent.cli.queries import read_ground_truth
+    from agent.core.queries import read_ground_truth
 
     gt = tmp_path / "gt.csv"
     gt.write_text("foo,bar\nleft ear,a.png\n")
@@ -349,7 +349,7 @@ def test_row14_one_image_size_limit_and_message(tmp_path):
 
 
 def test_row17_counts_are_in_english(real_store, tmp_path):
-    from agent.cli.render import plural
+    from agent.core.render import plural
 
     assert [plural(n, "bad entry") for n in (0, 1, 2)] == ["0 bad entries", "1 bad entry", "2 bad entries"]
     assert plural(3, "bad line") == "3 bad lines" and plural(2, "day") == "2 days"

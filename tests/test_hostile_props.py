@@ -45,7 +45,7 @@ def render(*renderables) -> str:
 @settings(max_examples=200, deadline=None)
 @given(hostile)
 def test_data_renders_anything_and_keeps_plain_text(text):
-    from agent.cli.render import SCREEN_CHARS, clean, line, literal
+    from agent.core.render import SCREEN_CHARS, clean, line, literal
 
     out = render(literal(text), line("[bold]kger[/bold] ", literal(text)))
     assert "\x1b]8;" not in out  # no hyperlink escape from the data
@@ -59,7 +59,7 @@ def test_data_renders_anything_and_keeps_plain_text(text):
 @given(text=description)
 def test_ask_trace_and_render_round_trip(word_searcher, text):
     from agent.cli.ask import answer_table
-    from agent.cli.trace import explain_rank, run_view
+    from agent.core.audit import explain_rank, run_view
 
     with TraceDB(traces_db_path()) as db:
         assistant = Assistant(searcher=word_searcher, traces=db, k=2, pool=4, planner=OfflinePlanner(),
@@ -110,7 +110,7 @@ def test_trace_cli_show_list_export_round_trip(word_searcher, text, tmp_path_fac
 @given(lines=st.lists(hostile, max_size=8))
 def test_batch_lines_parse_and_results_round_trip(lines, tmp_path_factory):
     from agent.cli.batch import ResultsWriter, read_results
-    from agent.cli.queries import read_queries
+    from agent.core.queries import read_queries
     from retrieval.errors import InputError
 
     folder = tmp_path_factory.mktemp("batch")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from agent.cli.report import render_batch, render_run
+from agent.core.report import render_batch, render_run
 
 EVIL = '<img src=x onerror="alert(1)"> & "quotes"'
 RAW = '{"score": 0.8, "justification": "</td></tr></table><script>alert(2)</script>"}'

@@ -11,8 +11,8 @@ import pytest
 import torch
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-from agent.cli.evaluate import resolve_truth
-from agent.cli.queries import Truth, class_name
+from agent.core.evaluate import resolve_truth
+from agent.core.queries import Truth, class_name
 from agent.fuse import contradiction
 from agent.judge import judge
 from agent.judges.offline import OfflineJudge

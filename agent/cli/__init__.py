@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 
 from agent.cli import ask, batch, bundle, chat, demo, gallery, serve, trace, train
 from agent.cli import eval as eval_cmd
-from agent.cli.common import KgerGroup, kger_version
+from agent.cli.common import KgerGroup
+from agent.core.version import kger_version
 
 app = typer.Typer(
     name="kger",

@@ -13,7 +13,7 @@ from agent.cli.common import (
     ChromaUrlOpt, HomeOpt, JsonOpt, KOpt, LlmOpt, StoreOpt, StrictOpt, check_llm, err_console, open_assistant,
     out_console, print_json, set_home,
 )
-from agent.cli.render import line, literal
+from agent.core.render import line, literal
 
 if TYPE_CHECKING:
     from agent.state import Answer

@@ -12,11 +12,11 @@ from agent.cli.common import (
     SHOWN, BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, PoolOpt, StoreOpt, StrictOpt, check_llm,
     err_console, open_assistant, out_console, print_json, progress, report_skipped, set_home,
 )
-from agent.cli.render import line, literal, plural
+from agent.core.render import line, literal, plural
 from retrieval.errors import InputError
 
 if TYPE_CHECKING:
-    from agent.cli.queries import Query
+    from agent.core.queries import Query
     from agent.state import Answer
 
 try:
@@ -188,7 +188,7 @@ def batch(
     check_llm(llm)
     from agent.assistant import require_no_fallback
     from agent.cli.checks import out_file
-    from agent.cli.queries import read_queries
+    from agent.core.queries import read_queries
 
     for path, flag in ((out, "--out"), (submission_path, "--submission"), (report, "--report")):
         if path is not None:
@@ -259,7 +259,7 @@ def batch(
                                                                             else "no image found")}
                       for q in parsed.items if q.text not in sub]
     if report:
-        from agent.cli.report import render_batch
+        from agent.core.report import render_batch
 
         _write_atomic(report, render_batch(report_runs(in_order), title=f"kger batch: {queries.name}"))
 

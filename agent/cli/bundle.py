@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from agent.cli.common import HomeOpt, JsonOpt, err_console, out_console, print_json, set_home
-from agent.cli.render import literal
+from agent.core.render import literal
 from retrieval.spec import NanoCLIPSpec
 
 app = typer.Typer(help="Create and inspect model bundles (a manifest + per-fold weights).", no_args_is_help=True)

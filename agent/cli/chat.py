@@ -21,7 +21,7 @@ from agent.cli.common import (
     NO_KEY_NOTICE, REMOTE_NOTICE, ChromaUrlOpt, HomeOpt, KOpt, LlmOpt, StoreOpt, StrictOpt, check_llm, err_console,
     open_assistant, out_console, set_home,
 )
-from agent.cli.render import line, literal
+from agent.core.render import line, literal
 
 if TYPE_CHECKING:
     from agent.state import Answer
@@ -179,7 +179,7 @@ class ChatSession:
     def _tool_errors(self, run_id: Optional[str]) -> list[str]:
         if not run_id or self.assistant.traces is None:
             return []
-        from agent.cli.report import event_payloads
+        from agent.core.report import event_payloads
 
         try:
             run = self.assistant.traces.get_run(run_id)
@@ -188,7 +188,7 @@ class ChatSession:
         return [str(e) for e in event_payloads(run).get("retrieve/candidates", {}).get("errors") or []]
 
     def why(self, rank: int) -> None:
-        from agent.cli.trace import explain_rank
+        from agent.core.audit import explain_rank
 
         run = self.last_run()
         if run is None:
@@ -213,7 +213,7 @@ class ChatSession:
         elif name == "llm":
             self.switch_llm(arg)
         elif name == "trace":
-            from agent.cli.trace import run_view
+            from agent.core.audit import run_view
 
             run = self.last_run()
             if run is None:

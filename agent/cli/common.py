@@ -13,7 +13,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from agent.cli.render import line, literal, plural
+from agent.core.render import line, literal, plural
 from retrieval.errors import InputError
 
 out_console = Console(highlight=False)
@@ -125,15 +125,6 @@ def crash_report(e: BaseException, command: Optional[str] = None) -> str:
     except OSError as write_error:
         return f"The traceback could not be saved ({write_error}); rerun with KGER_DEBUG=1 to see it."
     return f"Traceback saved to {path} (please include it in a bug report; KGER_DEBUG=1 prints it)."
-
-
-def kger_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("kger")
-    except PackageNotFoundError:  # running from a checkout that was never installed
-        return "0+unknown"
 
 
 def set_home(home: Optional[Path]) -> Path:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from agent.cli.common import HomeOpt, err_console, out_console, set_home
-from agent.cli.render import literal
+from agent.core.render import literal
 
 QUESTIONS = (
     "left ear: tympanic membrane with a bright cone of light",
@@ -102,7 +102,7 @@ def demo(
 
     _step(5, "Report")
     html_path = work / "report.html"
-    from agent.cli.report import render_batch
+    from agent.core.report import render_batch
 
     html_path.write_text(render_batch([assistant.traces.get_run(r) for r in runs], title="kger demo"), encoding="utf-8")
     out_console.print(literal(f"HTML report: {html_path}", limit=None))

@@ -12,7 +12,7 @@ from agent.cli.common import (
     SHOWN, BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, StoreOpt, StrictOpt, check_llm,
     err_console, open_assistant, out_console, print_json, progress, report_skipped, set_home,
 )
-from agent.cli.render import line, literal, plural
+from agent.core.render import line, literal, plural
 
 
 def _pct(x: float) -> str:
@@ -26,7 +26,7 @@ def _delta(x: float) -> str:
 
 
 def metrics_table(metrics: dict[str, dict], deltas: list[dict], title: Text) -> Table:
-    from agent.cli.evaluate import METRICS, STAGE_HELP
+    from agent.core.evaluate import METRICS, STAGE_HELP
 
     caption = "\n".join(f"{s}: {STAGE_HELP[s]}" for s in metrics if s in STAGE_HELP)
     t = Table(title=title, title_justify="left", caption=caption + "\ndeltas in percentage points",
@@ -43,7 +43,7 @@ def metrics_table(metrics: dict[str, dict], deltas: list[dict], title: Text) -> 
 
 
 def tune_table(tuned: dict) -> Table:
-    from agent.cli.evaluate import METRICS
+    from agent.core.evaluate import METRICS
 
     t = Table(title=f"Fusion tuning (seed {tuned['seed']}: tuned on {len(tuned['split']['tune'])} queries, "
                     f"tested on {len(tuned['split']['test'])})", title_justify="left")
@@ -93,8 +93,8 @@ def evaluate(
     set_home(home)
     check_llm(llm)
     from agent.assistant import require_no_fallback
-    from agent.cli import evaluate as ev
-    from agent.cli.queries import read_ground_truth
+    from agent.core import evaluate as ev
+    from agent.core.queries import read_ground_truth
 
     parsed = read_ground_truth(gt)
     report_skipped("ground truth", parsed.skipped, parsed.unit)

@@ -12,7 +12,7 @@ from agent.cli.common import (
     ChromaUrlOpt, HomeOpt, JsonOpt, KOpt, StoreOpt, err_console, open_gallery, out_console, print_json, progress,
     set_home,
 )
-from agent.cli.render import line, literal
+from agent.core.render import line, literal
 
 
 def _default_labels(images: Path) -> Optional[Path]:

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from agent.cli.common import HomeOpt, JsonOpt, err_console, out_console, print_json, set_home
-from agent.cli.render import literal
+from agent.core.render import literal
 from retrieval.spec import NanoCLIPSpec
 from training.config import TrainConfig, TrainError, make_config, parse_settings
 

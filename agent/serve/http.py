@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from agent.cli.common import kger_version
+from agent.core.version import kger_version
 from agent.serve.service import MAX_K, MAX_RUNS, MAX_TEXT, MAX_UPLOAD, RequestError, Service
 
 log = logging.getLogger("kger.serve")

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import Field
 
-from agent.cli.common import kger_version
+from agent.core.version import kger_version
 from agent.serve.service import MAX_K, RequestError, Service
 
 INSTRUCTIONS = (

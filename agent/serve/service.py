@@ -143,7 +143,7 @@ class Service:
             raise RequestError(str(e), 404) from None
 
     def report_html(self, run_id: str) -> str:
-        from agent.cli.report import render_run
+        from agent.core.report import render_run
 
         return render_run(self.run(run_id))
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Any, Iterator, Optional
 
-from agent.cli.render import plural
+from agent.core.render import plural
 from retrieval.errors import InputError
 from retrieval.lexicon import CLASSES, SITES
 

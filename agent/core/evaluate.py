@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from agent.cli.queries import Truth
+from agent.core.queries import Truth
 from agent.posfuse import STRATEGIES, FuseConfig, rank
 from agent.state import Answer, AnswerRow
 from retrieval.errors import InputError
