@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from agent.context import Context, Planner
+from agent.core.limits import DEFAULT_POOL, pool_for
+from agent.core.events import events_for_update
+from agent.core.events import write as write_event
+from agent.core.turn import TurnRequest
 from agent.graph import build_graph, serializer
 from agent.judges.base import Judge
 from agent.plan import OfflinePlanner
@@ -119,8 +123,8 @@ def require_no_fallback(answer: Answer) -> Answer:
 class Assistant:
     searcher: "Searcher"
     llm: str = "offline"
-    k: int = 5
-    pool: int = 20
+    k: int = 5  # the session's defaults for a turn that names none (`turn`)
+    pool: int = DEFAULT_POOL
     fuse: FuseConfig = field(default_factory=FuseConfig)
     traces: Optional["TraceDB"] = None
     checkpointer: Optional[BaseCheckpointSaver] = None
@@ -143,10 +147,11 @@ class Assistant:
 
         self._one_shot = build_graph().compile(checkpointer=InMemorySaver(serde=serializer()))
         self.fallback_planner = OfflinePlanner()
+        self._models: dict[str, tuple] = {}  # a turn may ask for another LLM (TurnRequest.llm): made once, kept
 
     @classmethod
     def open(cls, store: str = "default", *, url: Optional[str] = None, llm: str = "offline", k: int = 5,
-             pool: int = 20, persist: bool = True, **kw) -> "Assistant":
+             pool: Optional[int] = None, persist: bool = True, **kw) -> "Assistant":
         """Open a store, load the bundle that indexed it, and keep traces + checkpoints under KGER_HOME."""
         from agent.opening import open_searcher
 
@@ -156,19 +161,39 @@ class Assistant:
             from agent.persist import open_records
 
             traces, checkpointer = open_records()
-        return cls(searcher=searcher, llm=llm, k=k, pool=max(pool, k), traces=traces, checkpointer=checkpointer,
+        return cls(searcher=searcher, llm=llm, k=k, pool=pool_for(k, pool), traces=traces, checkpointer=checkpointer,
                    store_name=store, **kw)
 
-    def models(self) -> dict:
+    def models(self, planner=None, judge=None) -> dict:
+        """What answered a turn (the session's planner and judge unless given), for its trace record."""
         bundle = self.searcher.bundle
-        judge_model = getattr(self.judge, "model", "offline-lexicon")
+        planner, judge = planner or self.planner, judge or self.judge
+        judge_model = getattr(judge, "model", "offline-lexicon")
         return {"bundle": bundle.fingerprint, "bundle_path": bundle.path, "folds": bundle.folds,
-                "planner": type(self.planner).__name__, "judge": getattr(self.judge, "name", "?"),
+                "planner": type(planner).__name__, "judge": getattr(judge, "name", "?"),
                 "judge_model": judge_model, "fusion": self.fuse.strategy}
 
-    def ask(self, question: str, thread_id: Optional[str] = None, kind: str = "ask",
-            on_event: Optional[Callable[[str, dict], None]] = None) -> Answer:
-        """Run one turn; returns the answer (rows with retrieval / judge / fused scores) with its run id.
+    def turn(self, **fields: Any) -> TurnRequest:
+        """A TurnRequest with this session's defaults (k, pool, llm) for what `fields` leaves out."""
+        fields.setdefault("k", self.k)
+        fields.setdefault("pool", self.pool)  # TurnRequest raises it to k (agent.core.limits.pool_for)
+        return TurnRequest(**fields)
+
+    def models_for(self, llm: Optional[str]):
+        """(planner, judge) for a turn's LLM: the session's own, or another pair made once and kept."""
+        llm = llm or self.llm
+        if llm == self.llm:
+            return self.planner, self.judge
+        if llm not in self._models:
+            self._models[llm] = make_planner_and_judge(llm)
+        return self._models[llm]
+
+    def ask(self, question: str, request: Optional[TurnRequest] = None, *,
+            on_event: Optional[Callable[[str, dict], None]] = None, thread_id: Optional[str] = None,
+            kind: Optional[str] = None) -> Answer:
+        """Run one turn as `request` asks (a TurnRequest; None: the session's defaults); returns the answer
+        (rows with retrieval / judge / fused scores) with its run id. `thread_id` and `kind` are shorthands for
+        a request with the session's defaults and that thread / kind.
 
         `on_event(kind, payload)` sees the turn as it runs: ("node", {node, ms}) as each node finishes and
         ("progress", {...}) from the judge ("judged 7/20"), through `Context.progress`. Not LangGraph's "custom"
@@ -182,22 +207,31 @@ class Assistant:
         A store or model failure during the turn (a `KgerError` other than bad input, an OS or network
         error) does not raise: the answer carries status 'error' and the reason, the trace says the same.
         Bad input and anything else (a bug) raise."""
-        keep = thread_id is not None
-        thread_id = thread_id or uuid.uuid4().hex
+        if request is None:
+            request = self.turn(thread=thread_id, kind=kind or "ask")
+        elif thread_id is not None or kind is not None:
+            raise TypeError("give the thread and kind in the TurnRequest, not beside it")
+        kind, llm = request.kind, request.llm or self.llm
+        planner, judge = self.models_for(llm)
+        keep = request.thread is not None
+        thread_id = request.thread or uuid.uuid4().hex
         graph = self.graph if keep else self._one_shot
         run_id = None
         if self.traces is not None:
-            run_id = self.traces.start_run(input=question, kind=kind, llm=self.llm, store=self.store_name,
-                                           bundle=self.searcher.bundle.fingerprint, models=self.models(),
+            run_id = self.traces.start_run(input=question, kind=kind, llm=llm, store=self.store_name,
+                                           bundle=self.searcher.bundle.fingerprint, models=self.models(planner, judge),
                                            thread_id=thread_id if keep else None)
         run_id = run_id or uuid.uuid4().hex
-        ctx = Context(searcher=self.searcher, planner=self.planner, fallback_planner=self.fallback_planner,
-                      judge=self.judge, run_id=run_id, k=self.k, pool=self.pool, fuse=self.fuse, llm=self.llm,
+        ctx = Context(searcher=self.searcher, planner=planner, fallback_planner=self.fallback_planner,
+                      judge=judge, run_id=run_id, k=request.k, pool=request.pool, fuse=self.fuse, llm=llm,
                       progress=(lambda payload: on_event("progress", payload)) if on_event is not None else None)
         config = {"configurable": {"thread_id": thread_id}}
         timings: dict[str, float] = {}
         seen: dict[str, Any] = {}  # the turn's state so far, from the updates
+        judge_name = getattr(judge, "name", type(judge).__name__)
         t0 = last = time.perf_counter()
+        state: Optional[dict] = None
+        failure: Optional[str] = None
         try:
             for update in graph.stream({"messages": [HumanMessage(content=question)]}, config=config,
                                        context=ctx, stream_mode="updates"):
@@ -205,21 +239,20 @@ class Assistant:
                 for node, values in update.items():
                     timings[node] = round((now - last) * 1000, 2)
                     seen.update(values or {})
-                    self._record(run_id, node, values or {}, seen, timings[node])
+                    if self.traces is not None:
+                        for event in events_for_update(node, values or {}, seen, timings[node], judge=judge_name,
+                                                       fuse_config=self.fuse):
+                            write_event(self.traces, run_id, event)
                     if on_event is not None:
                         on_event("node", {"node": node, "ms": timings[node]})
                 last = now
             state = graph.get_state(config).values
         except Exception as e:
-            error = f"{type(e).__name__}: {e}"
+            failure = f"{type(e).__name__}: {e}"
             if self.traces is not None:
-                self.traces.finish_run(run_id, answer=None, timings=timings, status="error", error=error)
+                self.traces.finish_run(run_id, answer=None, timings=timings, status="error", error=failure)
             if not service_failure(e):
                 raise
-            timings["total"] = round((time.perf_counter() - t0) * 1000, 2)
-            return Answer(question=seen.get("question") or question, constraints=seen.get("constraints") or {},
-                          run_id=run_id, llm=self.llm, thread_id=thread_id if keep else None, timings=timings,
-                          input=question, status="error", error=" ".join(error.split()))
         except BaseException as e:  # Ctrl-C: the run is marked, the interrupt goes on
             if self.traces is not None:
                 self.traces.finish_run(run_id, answer=None, timings=timings, status="error",
@@ -229,35 +262,25 @@ class Assistant:
             if not keep:
                 self._one_shot.checkpointer.delete_thread(thread_id)
         timings["total"] = round((time.perf_counter() - t0) * 1000, 2)
-        answer = (state.get("answer") or Answer()).model_copy(
-            update={"run_id": run_id, "thread_id": thread_id if keep else None, "timings": timings,
-                    "input": question,
-                    "fallbacks": fallback_notes(seen.get("plan_fallback"), seen.get("verdicts") or [])})
-        if not answer.rows and seen.get("tool_errors"):  # every search was refused: say so, not "no image"
-            answer = answer.model_copy(update={
-                "status": "error", "error": " ".join(f"no search could run: {seen['tool_errors'][0]}".split())})
-        if self.traces is not None:
+        answer = final_answer(question, state, seen, failure, run_id=run_id, llm=llm,
+                              thread_id=thread_id if keep else None, timings=timings)
+        if self.traces is not None and failure is None:
             self.traces.finish_run(run_id, answer=answer.model_dump(), timings=timings, status=answer.status,
                                    error=answer.error)
         return answer
 
-    def _record(self, run_id: str, node: str, update: dict, seen: dict, ms: float) -> None:
-        """One node's update as trace events (plan/tool_calls, retrieve/candidates, judge/verdicts, fuse/table)."""
-        if self.traces is None:
-            return
-        if node == "plan":
-            self.traces.add_event(run_id, "plan", "tool_calls", {
-                "planner": update.get("planner"), "fallback": update.get("plan_fallback"),
-                "tool_calls": [dict(c) for c in update["messages"][-1].tool_calls],
-                "constraints": update.get("constraints") or {},
-                "conflicts": update.get("constraint_conflicts") or [], "ms": ms})
-        elif node == "judge":
-            self.traces.add_event(run_id, "retrieve", "candidates", {
-                "candidates": [c.model_dump() for c in update["candidates"]], "errors": update["tool_errors"]})
-            self.traces.add_event(run_id, "judge", "verdicts", {
-                "judge": getattr(self.judge, "name", type(self.judge).__name__), "question": seen.get("question"),
-                "verdicts": [v.model_dump() for v in update["verdicts"]], "ms": ms})
-        elif node == "fuse":
-            self.traces.add_event(run_id, "fuse", "table", {
-                "config": asdict(self.fuse), "constraints": seen.get("constraints") or {},
-                "table": [asdict(r) for r in update["ranking"]], "ms": ms})
+
+def final_answer(question: str, state: Optional[dict], seen: dict, failure: Optional[str], *, run_id: str, llm: str,
+                 thread_id: Optional[str], timings: dict) -> Answer:
+    """The turn's `Answer`, built here only: the graph's answer (or, after a store or model failure, an
+    empty one with status 'error') with the run's id, thread, timings, input and what fell back."""
+    if failure is not None:
+        return Answer(question=seen.get("question") or question, constraints=seen.get("constraints") or {},
+                      run_id=run_id, llm=llm, thread_id=thread_id, timings=timings, input=question, status="error",
+                      error=" ".join(failure.split()))
+    update: dict[str, Any] = {"run_id": run_id, "thread_id": thread_id, "timings": timings, "input": question,
+                              "fallbacks": fallback_notes(seen.get("plan_fallback"), seen.get("verdicts") or [])}
+    base = (state or {}).get("answer") or Answer()
+    if not base.rows and seen.get("tool_errors"):  # every search was refused: say so, not "no image"
+        update.update(status="error", error=" ".join(f"no search could run: {seen['tool_errors'][0]}".split()))
+    return base.model_copy(update=update)

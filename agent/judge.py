@@ -6,7 +6,7 @@ from langgraph.runtime import Runtime
 
 from agent.context import Context
 from agent.state import State
-from agent.tools import filter_tier
+from agent.core.filters import filter_tier
 from retrieval.candidate import Candidate
 
 
@@ -26,7 +26,7 @@ def turn_results(messages: list[AnyMessage]) -> tuple[list[list[Candidate]], lis
 
 def merge(lists: list[list[Candidate]], limit: int) -> list[Candidate]:
     """Union over the planner's queries: best score per image; filter matches first, then images of
-    uncertain class, then those whose known class contradicts a filter (tools.filter_order)."""
+    uncertain class, then those whose known class contradicts a filter (agent.core.filters.filter_order)."""
     best: dict[str, Candidate] = {}
     for cands in lists:
         for c in cands:

@@ -3,11 +3,11 @@
 The planner is a chat model with the tools bound: it reads the stored planner prompt (the description in a
 delimited field, plus the previous turn for follow-ups) and answers with tool calls. Gemini does that over the
 network; `OfflinePlanner` does it deterministically with the ENT lexicon, behind the same chat-model interface,
-so the graph is identical in both modes.
+so the graph is identical in both modes. The prompt message (`PlannerPrompt`) also carries the description and
+the previous turn it was written from, so the offline planner reads them directly, never parsing the prompt.
 """
 from __future__ import annotations
 
-import html
 import json
 import re
 import uuid
@@ -20,13 +20,11 @@ from langgraph.runtime import Runtime
 
 from agent.constraints import FILTERS, LIKE, enforce, filters_of, resolve, with_side
 from agent.context import Context
-from agent.prompts import escape_user_text, load_prompt
+from agent.prompts import bounded_user_text, escape_user_text, load_prompt
 from agent.state import Answer, State
 from retrieval.errors import InputError
 from retrieval.lexicon import split_queries
 
-_DESC = re.compile(r"<description>\s*(.*?)\s*</description>", re.S)
-_PREV = re.compile(r"<previous>\s*(.*?)\s*</previous>", re.S)
 _ONLY_SIDE = re.compile(r"^\W*(?:only\s+(?:the\s+)?(left|right)(?:\s+side)?|(left|right)(?:\s+side)?\s+only)\W*$", re.I)
 
 
@@ -63,6 +61,14 @@ def _calls_for(text: str) -> list[dict]:
     return calls
 
 
+class PlannerPrompt(HumanMessage):
+    """The planner prompt as any chat model reads it (`content`), with what it was made from: the description
+    and the previous turn ({question, constraints, rows}), for a planner that needs no prompt parsing."""
+
+    description: str = ""
+    previous: Optional[dict] = None
+
+
 class OfflinePlanner(BaseChatModel):
     """A deterministic, network-free planner: the same messages in, the same tool calls out."""
 
@@ -74,11 +80,11 @@ class OfflinePlanner(BaseChatModel):
         return self  # it only ever calls kger's own tools
 
     def _generate(self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs: Any) -> ChatResult:
-        text = "\n".join(str(m.content) for m in messages)
-        found = _DESC.findall(text)
-        description = html.unescape(found[-1]) if found else str(messages[-1].content)
-        prev = _PREV.findall(text)
-        previous = json.loads(html.unescape(prev[-1])) if prev else None
+        prompt = next((m for m in reversed(messages) if isinstance(m, PlannerPrompt)), None)
+        if prompt is not None:
+            description, previous = prompt.description, prompt.previous
+        else:  # any other caller of a chat model: the last message is the description
+            description, previous = str(messages[-1].content), None
         calls = plan_description(description, previous)
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content="", tool_calls=calls))])
 
@@ -86,6 +92,7 @@ class OfflinePlanner(BaseChatModel):
 def planner_messages(question: str, previous: Optional[Answer]) -> list[BaseMessage]:
     """The stored planner prompt with the description in its delimited field, and the previous turn."""
     body = load_prompt("planner").format(description=escape_user_text(question))
+    prev = None
     if previous:
         prev = {"question": previous.question, "constraints": previous.constraints,
                 "rows": [{"rank": r.rank, "id": r.id, "label": r.label or r.predicted} for r in previous.rows]}
@@ -93,7 +100,8 @@ def planner_messages(question: str, previous: Optional[Answer]) -> list[BaseMess
                  "'only the left side' re-run its search with the filter; for 'more like number N' call "
                  "`similar` with image '#N' and the previous constraints as filters.\n<previous>\n"
                  + escape_user_text(json.dumps(prev), 20000) + "\n</previous>")
-    return [HumanMessage(content=body)]
+    # the planner plans on the text the prompt holds (bounded), as a remote model would see it
+    return [PlannerPrompt(content=body, description=bounded_user_text(question), previous=prev)]
 
 
 def plan(state: State, runtime: Runtime[Context]) -> dict:

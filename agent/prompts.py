@@ -50,10 +50,15 @@ def load_prompt(name: str) -> Prompt:
     return Prompt(name=name, text=resource.read_text(encoding="utf-8"))
 
 
-def escape_user_text(text: str, max_chars: int = USER_TEXT_MAX_CHARS) -> str:
-    """User text made safe to place between delimiter tags: `<`, `>` and `&` escaped (so no `</description>`
-    can close the field early), control characters dropped, length bounded."""
+def bounded_user_text(text: str, max_chars: int = USER_TEXT_MAX_CHARS) -> str:
+    """User text as a prompt holds it: control characters dropped, length bounded (not yet escaped)."""
     text = _CONTROL.sub(" ", str(text)).strip()
     if len(text) > max_chars:
         text = text[:max_chars].rstrip() + " [...]"
-    return html.escape(text, quote=False)
+    return text
+
+
+def escape_user_text(text: str, max_chars: int = USER_TEXT_MAX_CHARS) -> str:
+    """User text made safe to place between delimiter tags: `<`, `>` and `&` escaped (so no `</description>`
+    can close the field early), control characters dropped, length bounded."""
+    return html.escape(bounded_user_text(text, max_chars), quote=False)

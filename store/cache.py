@@ -7,7 +7,7 @@ import json
 import threading
 from pathlib import Path
 
-from store.db import ReadOnlyStateError, log, open_db, utcnow
+from store.db import LockedDB, ReadOnlyStateError, log, open_db, utcnow
 from store.paths import cache_db_path
 from store.redact import record
 
@@ -17,7 +17,7 @@ def _create(db) -> None:
     db.execute("create table if not exists judge_cache (key text primary key, value text not null, created text not null)")
 
 
-class JudgeCache:
+class JudgeCache(LockedDB):
     """cache.db (``HOME/cache.db`` by default); safe to share between threads.
 
     ``hits`` and ``misses`` count this instance's lookups (for run timings and reports).
@@ -61,13 +61,3 @@ class JudgeCache:
     def __len__(self) -> int:
         with self._lock:
             return self._db.execute("select count(*) from judge_cache").fetchone()[0]
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> "JudgeCache":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

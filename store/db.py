@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import sqlite3
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -122,3 +123,21 @@ def utcnow() -> str:
 def to_utc_text(moment: datetime) -> str:
     """The same text form for a filter bound; a naive datetime is taken as local time."""
     return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+class LockedDB:
+    """One SQLite connection (`_db`) behind one lock (`_lock`), shared by the threads of one process: what
+    cache.db and traces.db have in common. Closing takes the lock, so no statement is cut off mid-way."""
+
+    _db: sqlite3.Connection
+    _lock: "threading.Lock | threading.RLock"
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

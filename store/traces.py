@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.errors import KgerError
-from store.db import ReadOnlyStateError, connect_read_only, open_db, to_utc_text, utcnow
+from store.db import LockedDB, ReadOnlyStateError, connect_read_only, open_db, to_utc_text, utcnow
 from store.migrations import migrate
 from store.paths import traces_db_path
 from store.redact import record, scrub_text
@@ -60,7 +60,7 @@ def _functions(db: sqlite3.Connection) -> sqlite3.Connection:
     return db
 
 
-class TraceDB:
+class TraceDB(LockedDB):
     """traces.db (``HOME/traces.db`` by default). One connection, guarded by a lock: safe to share
     between the threads of one process; other processes wait on SQLite's 30 s busy timeout."""
 
@@ -74,16 +74,6 @@ class TraceDB:
             if not Path(self.path).is_file():
                 raise
             self._db, self.read_only = _functions(connect_read_only(self.path)), True
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> "TraceDB":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _write(self, sql: str, params: tuple) -> sqlite3.Cursor:
         with self._lock:

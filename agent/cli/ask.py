@@ -10,8 +10,8 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.cli.common import (
-    ChromaUrlOpt, HomeOpt, JsonOpt, KOpt, LlmOpt, StoreOpt, StrictOpt, check_llm, err_console, open_assistant,
-    out_console, print_json, set_home,
+    ChromaUrlOpt, HomeOpt, JsonOpt, KOpt, LlmOpt, StoreOpt, StrictOpt, err_console, open_assistant, out_console,
+    print_json, start,
 )
 from agent.core.render import line, literal
 
@@ -118,12 +118,11 @@ def ask(
     strict: StrictOpt = False,
 ):
     """Find images for a description, judged and fused, with reasons and a run id for [bold]kger trace show[/bold]."""
-    set_home(home)
+    turn = start(home, llm, k).with_(thread=thread, kind="ask")
     text = read_text_arg(text)
-    check_llm(llm)
     assistant = open_assistant(store, chroma_url, llm, k)
     with err_console.status("planning...") as status:
-        answer = assistant.ask(text, thread_id=thread, kind="ask", on_event=TurnProgress(status))
+        answer = assistant.ask(text, turn, on_event=TurnProgress(status))
     report_fallbacks(answer, strict)
     if json_out:
         print_json(answer.model_dump())

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from agent.cli.common import (
-    SHOWN, BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, PoolOpt, StoreOpt, StrictOpt, check_llm,
-    err_console, open_assistant, out_console, print_json, progress, report_skipped, set_home,
+    SHOWN, BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, KOpt, LlmOpt, PoolOpt, StoreOpt, StrictOpt,
+    err_console, open_assistant, out_console, print_json, progress, report_skipped, start,
 )
 from agent.core.render import line, literal, plural
 from retrieval.errors import InputError
@@ -170,7 +170,7 @@ def batch(
         "--submission", help="Also write the ENTRep Track 3 submission JSON {query: top-1 image}.")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write an HTML report of the answers.")] = None,
     llm: LlmOpt = "offline",
-    k: Annotated[int, typer.Option("--k", "-k", min=1, max=1000, help="Images kept per query.")] = 10,
+    k: KOpt = 10,
     pool: PoolOpt = 20,
     concurrency: ConcurrencyOpt = 4,
     store: StoreOpt = "default",
@@ -184,8 +184,7 @@ def batch(
     Bad lines in the query file are reported and skipped; a failing query gets a line with its error.
     A rerun with the same --out answers only what is missing, and retries failed queries.
     """
-    set_home(home)
-    check_llm(llm)
+    turn = start(home, llm, k, pool).with_(kind="batch")
     from agent.assistant import require_no_fallback
     from agent.cli.checks import out_file
     from agent.core.queries import read_queries
@@ -222,7 +221,7 @@ def batch(
                 task = bar.add_task("Answering", total=len(todo))
                 for q in todo:
                     try:
-                        answer = assistant.ask(q.text, kind="batch")
+                        answer = assistant.ask(q.text, turn)
                         for note in answer.fallbacks:
                             fallback_reasons[note] = fallback_reasons.get(note, 0) + 1
                         if strict and answer.status == "ok":

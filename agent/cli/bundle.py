@@ -6,7 +6,9 @@ from typing import Annotated
 
 import typer
 
-from agent.cli.common import HomeOpt, JsonOpt, err_console, out_console, print_json, set_home
+from agent.cli.common import (
+    HomeOpt, ImagePoolOpt, JsonOpt, OldPoolOpt, err_console, image_pool, out_console, print_json, set_home,
+)
 from agent.core.render import literal
 from retrieval.spec import NanoCLIPSpec
 
@@ -21,7 +23,8 @@ def init(
         "--image-backbone", help="efficientnet_lite0 | mobilenetv2 | timm:ARCH=/local/checkpoint.pth")] = NanoCLIPSpec.image_backbone,
     text_backbone: Annotated[str, typer.Option(
         "--text-backbone", help="minilm | /path/to/local/hf-model-dir")] = NanoCLIPSpec.text_backbone,
-    pool: Annotated[str, typer.Option("--pool", help="lr_split (side-aware, default) | avg (baseline)")] = NanoCLIPSpec.pool,
+    pool: ImagePoolOpt = NanoCLIPSpec.pool,
+    old_pool: OldPoolOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the per-fold projections.")] = 0,
     export: Annotated[bool, typer.Option(
         "--export/--no-export", help="Also write the ONNX query-time towers (fast, torch-free search).")] = True,
@@ -33,6 +36,7 @@ def init(
     Good for image-to-image search and for trying the pipeline; train one with [bold]kger train[/bold].
     """
     set_home(home)
+    pool = image_pool(pool, old_pool)
     from retrieval.bundle import init_bundle
 
     with err_console.status(f"Building a {folds}-fold bundle..."):

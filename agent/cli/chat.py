@@ -18,9 +18,11 @@ from rich.console import Console
 
 from agent.cli.ask import answer_table
 from agent.cli.common import (
-    NO_KEY_NOTICE, REMOTE_NOTICE, ChromaUrlOpt, HomeOpt, KOpt, LlmOpt, StoreOpt, StrictOpt, check_llm, err_console,
-    open_assistant, out_console, set_home,
+    ChromaUrlOpt, HomeOpt, KOpt, LlmOpt, StoreOpt, StrictOpt, announce_llm, err_console, open_assistant, out_console,
+    start,
 )
+from agent.core.events import read_events
+from agent.core.limits import MAX_K
 from agent.core.render import line, literal
 
 if TYPE_CHECKING:
@@ -29,7 +31,6 @@ if TYPE_CHECKING:
 PROMPT = "kger> "
 HISTORY_FILE = "chat_history"
 HISTORY_LENGTH = 1000
-MAX_K = 1000
 
 HELP = """\
 Type a clinical description, e.g. [bold]left ear, tympanic membrane with a central perforation[/bold].
@@ -87,6 +88,8 @@ class ChatSession:
         self.strict_failures = 0  # turns --strict refused: the session then exits 1
         self.console, self.err = console, err
         self.thread_id = uuid.uuid4().hex
+        # this conversation's turn: k and llm change with /k, "show N" and /llm, the shared Assistant never does
+        self.turn = assistant.turn(thread=self.thread_id, kind="chat")
         self.last: Optional[Answer] = None
         self.announced_remote = announced_remote
         self.thumbs_note_shown = False
@@ -117,7 +120,7 @@ class ChatSession:
     # -- turns through the graph ---------------------------------------------------------------
     def ask(self, text: str) -> None:
         with self.err.status("Searching and judging...", spinner="dots"):
-            answer = self.assistant.ask(text, thread_id=self.thread_id, kind="chat")
+            answer = self.assistant.ask(text, self.turn)
         if answer.status == "error":  # no answer: say why (a bad follow-up, a store that failed), never an empty table
             self.console.print(line("No image found for ", literal(repr(answer.question)), "."))
             self.hint(answer.error or "the turn failed")
@@ -161,14 +164,13 @@ class ChatSession:
         if not 1 <= k <= MAX_K:
             self.hint(f"show N takes 1 to {MAX_K}.")
             return
-        if k != self.assistant.k:
+        if k != self.turn.k:
             self.err.print(f"[dim]k = {k} from now on (/k N to change)[/dim]")
         self.set_k(k)
         self.ask(self.last.question or self.last.input or "")
 
     def set_k(self, k: int) -> None:
-        self.assistant.k = k
-        self.assistant.pool = max(self.assistant.pool, k)
+        self.turn = self.turn.with_(k=k, pool=self.turn.pool)  # the pool grows to k, never shrinks
 
     # -- answered from the trace ---------------------------------------------------------------
     def last_run(self) -> Optional[dict]:
@@ -179,13 +181,12 @@ class ChatSession:
     def _tool_errors(self, run_id: Optional[str]) -> list[str]:
         if not run_id or self.assistant.traces is None:
             return []
-        from agent.core.report import event_payloads
-
         try:
             run = self.assistant.traces.get_run(run_id)
         except KeyError:
             return []
-        return [str(e) for e in event_payloads(run).get("retrieve/candidates", {}).get("errors") or []]
+        found = read_events(run).candidates
+        return [str(e) for e in (found.errors if found else [])]
 
     def why(self, rank: int) -> None:
         from agent.core.audit import explain_rank
@@ -206,10 +207,10 @@ class ChatSession:
             self.console.print(HELP)
         elif name == "k":
             if not arg.isdigit() or not 1 <= int(arg) <= MAX_K:
-                self.hint(f"Usage: /k N (1 to {MAX_K}); now {self.assistant.k}.")
+                self.hint(f"Usage: /k N (1 to {MAX_K}); now {self.turn.k}.")
             else:
                 self.set_k(int(arg))
-                self.console.print(f"k = {self.assistant.k}")
+                self.console.print(f"k = {self.turn.k}")
         elif name == "llm":
             self.switch_llm(arg)
         elif name == "trace":
@@ -232,22 +233,16 @@ class ChatSession:
         return True
 
     def switch_llm(self, llm: str) -> None:
-        from agent.assistant import LLMS, check_llm, make_planner_and_judge
+        from agent.assistant import LLMS, check_llm
 
         try:
             check_llm(llm)
         except ValueError:
-            self.hint(f"Usage: /llm {'|'.join(LLMS)}; now {self.assistant.llm}.")
+            self.hint(f"Usage: /llm {'|'.join(LLMS)}; now {self.turn.llm or self.assistant.llm}.")
             return
-        if llm == "gemini" and not self.announced_remote:
-            self.err.print(REMOTE_NOTICE)
-            self.announced_remote = True
-        from agent.llm import api_key_from_env
-
-        if llm == "gemini" and not api_key_from_env():
-            self.hint(NO_KEY_NOTICE)
-        self.assistant.planner, self.assistant.judge = make_planner_and_judge(llm)
-        self.assistant.llm = llm
+        announce_llm(llm, self.err, notice=not self.announced_remote)
+        self.announced_remote = self.announced_remote or llm == "gemini"
+        self.turn = self.turn.with_(llm=llm)  # its planner and judge are made once (Assistant.models_for)
         self.console.print(f"llm = {llm}")
 
     # -- the loop ------------------------------------------------------------------------------
@@ -283,8 +278,7 @@ def chat(
     strict: StrictOpt = False,
 ):
     """Talk to the assistant: describe what you look for, refine it, ask why. /help lists the commands."""
-    set_home(home)
-    check_llm(llm)  # announces a remote LLM once, before anything is sent
+    start(home, llm, k)  # announces a remote LLM once, before anything is sent; k within the limit
     assistant = open_assistant(store, chroma_url, llm, k)
     session = ChatSession(assistant, announced_remote=llm == "gemini", strict=strict)
     save_history = setup_readline()

@@ -13,6 +13,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from agent.core.limits import MAX_K
 from agent.core.render import line, literal, plural
 from retrieval.errors import InputError
 
@@ -29,11 +30,14 @@ ChromaUrlOpt = Annotated[
     typer.Option("--chroma-url", envvar="KGER_CHROMA_URL", help="Use a Chroma server (http://HOST:PORT) instead of the embedded store."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else there.")]
-KOpt = Annotated[int, typer.Option("--k", "-k", min=1, max=1000, help="How many images to return.")]
+KOpt = Annotated[int, typer.Option("--k", "-k", min=1, help=f"How many images to return (at most {MAX_K}).")]
 LlmOpt = Annotated[Literal["offline", "gemini"], typer.Option(
     "--llm", envvar="KGER_LLM",
     help="offline: nothing leaves this machine; gemini: the judge and planner call Google's API.")]
-PoolOpt = Annotated[int, typer.Option("--pool", min=1, max=1000, help="Candidates retrieved and judged per query.")]
+PoolOpt = Annotated[int, typer.Option("--pool", min=1, help=f"Candidates retrieved and judged per query (at most {MAX_K}).")]
+ImagePoolOpt = Annotated[str, typer.Option(
+    "--image-pool", help="How the image tower pools its feature map: lr_split (side-aware, default) | avg (baseline).")]
+OldPoolOpt = Annotated[Optional[str], typer.Option("--pool", hidden=True, help="Deprecated spelling of --image-pool.")]
 ConcurrencyOpt = Annotated[int, typer.Option(
     "--concurrency", min=1, max=64, help="Judge calls in flight at once (Gemini; the offline judge ignores it).")]
 StrictOpt = Annotated[bool, typer.Option(
@@ -166,13 +170,46 @@ def check_llm(llm: str) -> str:
         valid_llm(llm)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    if llm == "gemini":
-        err_console.print(REMOTE_NOTICE)
-        from agent.llm import api_key_from_env
-
-        if not api_key_from_env():
-            err_console.print(f"[yellow]{NO_KEY_NOTICE}[/yellow]")
+    announce_llm(llm)
     return llm
+
+
+def announce_llm(llm: str, console: Console = err_console, notice: bool = True) -> None:
+    """Before anything is sent to Gemini: the one notice saying what leaves the machine (unless `notice` is
+    False: already shown in this session), and a note when there is no key (both then fall back)."""
+    if llm != "gemini":
+        return
+    if notice:
+        console.print(REMOTE_NOTICE)
+    from agent.llm import api_key_from_env
+
+    if not api_key_from_env():
+        console.print(f"[yellow]{NO_KEY_NOTICE}[/yellow]")
+
+
+def start(home: Optional[Path], llm: Optional[str] = None, k: Optional[int] = None,
+          pool: Optional[int] = None):
+    """The opening every command that answers questions shares, before anything loads: --home, then --llm
+    (checked, Gemini announced), then k and pool against agent/core/limits.py: the TurnRequest those make
+    (a LimitError names the bound: one line, exit 1)."""
+    set_home(home)
+    if llm is not None:
+        check_llm(llm)
+    if k is None:
+        return None
+    from agent.core.turn import TurnRequest
+
+    return TurnRequest(k=k, pool=pool, llm=llm)
+
+
+def image_pool(image_pool: str, old_pool: Optional[str]) -> str:
+    """--image-pool, or the deprecated --pool of `bundle init` / `train` (one line says so): elsewhere --pool
+    is the number of candidates per query, so the pooling option was renamed."""
+    if old_pool is None:
+        return image_pool
+    err_console.print("[yellow]deprecated:[/yellow] --pool here is now --image-pool (--pool is the candidate "
+                      "count of ask, batch and eval)")
+    return old_pool
 
 
 def open_assistant(store: str, chroma_url: Optional[str], llm: str, k: int, *, pool: Optional[int] = None,
@@ -183,7 +220,7 @@ def open_assistant(store: str, chroma_url: Optional[str], llm: str, k: int, *, p
     prefetch_bundle(store, chroma_url)  # first: the bundle loads while LangGraph imports
     from agent.assistant import Assistant
 
-    kw: dict[str, Any] = {} if pool is None else {"pool": pool}
+    kw: dict[str, Any] = {} if pool is None else {"pool": pool}  # the session's default pool (pool_for: >= k)
     if llm == "gemini" and concurrency is not None:
         from agent.assistant import make_planner_and_judge
 

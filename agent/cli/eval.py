@@ -9,9 +9,10 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.cli.common import (
-    SHOWN, BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, StoreOpt, StrictOpt, check_llm,
-    err_console, open_assistant, out_console, print_json, progress, report_skipped, set_home,
+    SHOWN, BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, StoreOpt, StrictOpt, err_console,
+    open_assistant, out_console, print_json, progress, report_skipped, start,
 )
+from agent.core.limits import MAX_K
 from agent.core.render import line, literal, plural
 
 
@@ -69,8 +70,9 @@ def evaluate(
     gt: Annotated[Path, typer.Argument(help="Ground truth: ENTRep t2i.json ({description: image}), a CSV "
                                             "(query,image or query,class) or JSON {query: class}.")],
     llm: LlmOpt = "offline",
-    k: Annotated[int, typer.Option("--k", "-k", min=1, max=1000,
-                                   help="Candidates per query; every stage is ranked over these.")] = 20,
+    k: Annotated[int, typer.Option("--k", "-k", min=1,
+                                   help=f"Candidates per query (at most {MAX_K}); every stage is ranked over "
+                                        "these.")] = 20,
     labels: Annotated[Optional[Path], typer.Option(
         "--labels", help="cls.json or CSV giving each image's class for class-level ground truth; it decides "
                          "which classes exist (any granularity). Region names (ear, nose, throat, larynx) are "
@@ -90,8 +92,7 @@ def evaluate(
     One traced agent run per query gives every stage (its answer keeps all K candidates and their scores).
     Queries whose relevant images are not in the store are listed and left out.
     """
-    set_home(home)
-    check_llm(llm)
+    turn = start(home, llm, k, pool=k).with_(kind="eval")  # every candidate is ranked: pool = k
     from agent.assistant import require_no_fallback
     from agent.core import evaluate as ev
     from agent.core.queries import read_ground_truth
@@ -120,7 +121,7 @@ def evaluate(
         task = bar.add_task("Evaluating", total=len(resolved))
         for truth, relevant in resolved:
             try:
-                answer = assistant.ask(truth.query, kind="eval")
+                answer = assistant.ask(truth.query, turn)
                 if answer.status == "error":  # a store or model failure is a failed query, not an empty ranking
                     raise RuntimeError(answer.error)
                 if strict:

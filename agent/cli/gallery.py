@@ -10,7 +10,7 @@ from rich.text import Text
 
 from agent.cli.common import (
     ChromaUrlOpt, HomeOpt, JsonOpt, KOpt, StoreOpt, err_console, open_gallery, out_console, print_json, progress,
-    set_home,
+    set_home, start,
 )
 from agent.core.render import line, literal
 
@@ -128,7 +128,7 @@ def search(
     json_out: JsonOpt = False,
 ):
     """Retrieval only (no judge, no fusion): the ensemble's ranking, with per-fold scores in --json."""
-    set_home(home)
+    start(home, k=k)  # k within agent/core/limits.py's bound, or one line naming it
     if (text is None) == (image is None):
         raise typer.BadParameter("give either TEXT or --image PATH")
     from agent.cli.checks import image_file

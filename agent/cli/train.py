@@ -10,7 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from agent.cli.common import HomeOpt, JsonOpt, err_console, out_console, print_json, set_home
+from agent.cli.common import (
+    HomeOpt, ImagePoolOpt, JsonOpt, OldPoolOpt, err_console, image_pool, out_console, print_json, set_home,
+)
 from agent.core.render import literal
 from retrieval.spec import NanoCLIPSpec
 from training.config import TrainConfig, TrainError, make_config, parse_settings
@@ -22,7 +24,8 @@ def train(
     folds: Annotated[int, typer.Option("--folds", min=1, max=64, help="K folds of the ensemble (1 = one model on everything).")] = TrainConfig.folds,
     epochs: Annotated[int, typer.Option("--epochs", min=1, max=10000, help="Epochs per fold.")] = TrainConfig.epochs,
     seed: Annotated[int, typer.Option("--seed", help="Seed for folds, augmentation and initialisation.")] = TrainConfig.seed,
-    pool: Annotated[str, typer.Option("--pool", help="lr_split (side-aware) | avg (baseline)")] = NanoCLIPSpec.pool,
+    pool: ImagePoolOpt = NanoCLIPSpec.pool,
+    old_pool: OldPoolOpt = None,
     image_backbone: Annotated[str, typer.Option("--image-backbone", help="efficientnet_lite0 | mobilenetv2 | timm:ARCH=PATH")] = NanoCLIPSpec.image_backbone,
     text_backbone: Annotated[str, typer.Option("--text-backbone", help="minilm | /local/hf-model-dir")] = NanoCLIPSpec.text_backbone,
     setting: Annotated[Optional[list[str]], typer.Option("--set", help="Any other TrainConfig or NanoCLIPSpec field, KEY=VALUE (repeatable), e.g. --set lr=1e-3.")] = None,
@@ -34,6 +37,7 @@ def train(
     Safe to interrupt: finished folds are kept and a rerun with the same settings resumes.
     """
     set_home(home)
+    pool = image_pool(pool, old_pool)
     if not data.exists():
         raise FileNotFoundError(f"no training data at {data}")
     try:

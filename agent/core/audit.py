@@ -16,7 +16,8 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.core.render import BLOCK_CHARS, clean, literal
-from agent.core.report import call_text, class_text, event_payloads, fmt_num
+from agent.core.events import read_events
+from agent.core.report import call_text, class_text, fmt_num
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -37,11 +38,6 @@ def load_run(run_id: str) -> dict:
     """By id or unique prefix; an unknown one raises UnknownRunError, a KeyError: one line, exit 1."""
     with open_traces() as db:
         return db.get_run(run_id)
-
-
-def _candidates_by_id(run: dict) -> dict[str, dict]:
-    cands = event_payloads(run).get("retrieve/candidates", {}).get("candidates", [])
-    return {c["id"]: c for c in cands}
 
 
 def fold_ranks(cands: list[dict], image_id: str) -> list[tuple[int, int]]:
@@ -146,8 +142,8 @@ def _timings(timings: Optional[dict]) -> Text:
 
 def run_view(run: dict, short: bool = False) -> RenderableType:
     """The Markdown-ish audit view of one run; `short` keeps the top rows of each step (the chat's /trace)."""
-    ev = event_payloads(run)
-    by_id = _candidates_by_id(run)
+    ev = read_events(run)
+    by_id = ev.candidates_by_id()
     parts: list[RenderableType] = [
         literal(f"# Run {run['id']}", style="bold"),
         _kv(kind=run.get("kind"), status=run.get("status"), created=local_time(run.get("created")), llm=run.get("llm"),
@@ -156,36 +152,36 @@ def run_view(run: dict, short: bool = False) -> RenderableType:
     ]
     if run.get("error"):
         parts += [_h("Error"), literal(run["error"], style="red", limit=BLOCK_CHARS)]
-    plan = ev.get("plan/tool_calls")
+    plan = ev.plan
     if plan is not None:
-        parts += [_h("Plan"), _kv(planner=plan.get("planner"), fallback=plan.get("fallback") or "none",
-                                   ms=plan.get("ms"))]
-        parts += [literal(f"- {call_text(c)}") for c in plan.get("tool_calls", [])]
+        parts += [_h("Plan"), _kv(planner=plan.planner, fallback=plan.fallback or "none",
+                                   ms=plan.ms)]
+        parts += [literal(f"- {call_text(c)}") for c in plan.tool_calls]
         parts += [literal(f"! {c['tool']} {c['kind']} {c['filter']}: the planner gave {c['planner']!r}, the description "
-                          f"says {c['description']!r} (used)", style="yellow") for c in plan.get("conflicts") or []]
-    ret = ev.get("retrieve/candidates")
+                          f"says {c['description']!r} (used)", style="yellow") for c in plan.conflicts]
+    ret = ev.candidates
     if ret is not None:
-        cands = ret.get("candidates", [])
+        cands = ret.candidates
         parts += [_h(f"Retrieve: {len(cands)} candidates"), _candidates_table(cands, 5 if short else None)]
-        parts += [literal(f"tool error: {e}", style="red") for e in ret.get("errors") or []]
-    jud = ev.get("judge/verdicts")
+        parts += [literal(f"tool error: {e}", style="red") for e in ret.errors]
+    jud = ev.verdicts
     if jud is not None:
-        verdicts = jud.get("verdicts", [])
+        verdicts = jud.verdicts
         n_fb = sum(1 for v in verdicts if v.get("fallback"))
         n_cached = sum(1 for v in verdicts if v.get("cached"))
-        parts += [_h(f"Judge: {jud.get('judge')}"),
-                  _kv(question=jud.get("question"), verdicts=len(verdicts), cached=n_cached, fallbacks=n_fb,
-                      ms=jud.get("ms"))]
+        parts += [_h(f"Judge: {jud.judge}"),
+                  _kv(question=jud.question, verdicts=len(verdicts), cached=n_cached, fallbacks=n_fb,
+                      ms=jud.ms)]
         if not short:
             parts += _verdict_blocks(verdicts, by_id)
-    fuse = ev.get("fuse/table")
+    fuse = ev.fuse
     if fuse is not None:
-        cfg = fuse.get("config") or {}
+        cfg = fuse.config
         parts += [_h(f"Pos-Fuse ({cfg.get('strategy', '?')})"),
                   _kv(decay=cfg.get("decay"), w_retrieval=cfg.get("w_retrieval"), w_judge=cfg.get("w_judge"),
                       judge_pos_weight=cfg.get("judge_pos_weight"),
-                      constraints=json.dumps(fuse.get("constraints") or {})),
-                  _fuse_table((fuse.get("table") or [])[: 5 if short else None], by_id)]
+                      constraints=json.dumps(fuse.constraints)),
+                  _fuse_table(fuse.table[: 5 if short else None], by_id)]
     answer = run.get("answer") or {}
     if answer.get("rows") and not short:
         parts.append(_h("Answer"))
@@ -202,12 +198,12 @@ def explain_rank(run: dict, rank: int) -> RenderableType:
     if not 1 <= rank <= len(rows):
         return Text(f"There is no #{rank} in the last answer ({len(rows)} images).")
     row = rows[rank - 1]
-    ev = event_payloads(run)
-    cands = ev.get("retrieve/candidates", {}).get("candidates", [])
-    table = ev.get("fuse/table", {}).get("table", [])
-    cfg = ev.get("fuse/table", {}).get("config", {})
+    ev = read_events(run)
+    cands = ev.candidates.candidates if ev.candidates else []
+    table = ev.fuse.table if ev.fuse else []
+    cfg = ev.fuse.config if ev.fuse else {}
     fused = next((t for t in table if t["id"] == row["id"]), {})
-    verdict = next((v for v in ev.get("judge/verdicts", {}).get("verdicts", []) if v["id"] == row["id"]), {})
+    verdict = next((v for v in (ev.verdicts.verdicts if ev.verdicts else []) if v["id"] == row["id"]), {})
     name = row.get("name") or row["id"][:12]
     place = "first" if rank == 1 else f"#{rank}"
     lines: list[RenderableType] = [literal(f"Why #{rank} {name} ({class_text(row)}) is {place}", style="bold")]

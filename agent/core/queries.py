@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from agent.core.render import plural
 from retrieval.errors import InputError
@@ -222,17 +222,27 @@ def _raw_queries(path: Path, text: str) -> Parsed:
     return Parsed(items=raw, unit=unit)
 
 
-def read_queries(path: str | Path) -> Parsed:
-    """Queries in file order; empty, malformed and repeated entries go to `skipped` with the reason."""
-    path = Path(path)
-    parsed = _raw_queries(path, _read_text(path))
-    out = Parsed(unit=parsed.unit)
-    first_seen: dict[str, int] = {}
-    for n, value, err in parsed.items:
+def _checked(path: Path, raw: Callable[[Path, str], Parsed]) -> tuple[Parsed, list[tuple]]:
+    """The file's raw entries (`raw`: one reader per file kind) with each query checked: the result to fill,
+    its unusable entries already in `skipped`, and the usable ones as (line, query, *the rest of the entry)."""
+    parsed = raw(path, _read_text(path))
+    out, usable = Parsed(unit=parsed.unit), []
+    for n, value, *rest, err in parsed.items:
         text, why = (None, err) if err else check_query(value)
         if text is None:
             out.skipped.append(Skipped(n, why or "unreadable"))
-        elif text in first_seen:
+        else:
+            usable.append((n, text, *rest))
+    return out, usable
+
+
+def read_queries(path: str | Path) -> Parsed:
+    """Queries in file order; empty, malformed and repeated entries go to `skipped` with the reason."""
+    path = Path(path)
+    out, usable = _checked(path, _raw_queries)
+    first_seen: dict[str, int] = {}
+    for n, text in usable:
+        if text in first_seen:
             out.skipped.append(Skipped(n, f"duplicate of {parsed.unit} {first_seen[text]}"))
         else:
             first_seen[text] = n
@@ -325,14 +335,9 @@ def _raw_truth(path: Path, text: str) -> Parsed:
 def read_ground_truth(path: str | Path) -> Parsed:
     """One `Truth` per distinct query (repeated queries pool their targets); bad entries in `skipped`."""
     path = Path(path)
-    parsed = _raw_truth(path, _read_text(path))
-    out = Parsed(unit=parsed.unit)
+    out, usable = _checked(path, _raw_truth)
     merged: dict[str, Truth] = {}
-    for n, q, target, err in parsed.items:
-        query, why = (None, err) if err else check_query(q)
-        if query is None:
-            out.skipped.append(Skipped(n, why or "unreadable"))
-            continue
+    for n, query, target in usable:
         images, classes, why = split_targets(target)
         if why:
             out.skipped.append(Skipped(n, why))

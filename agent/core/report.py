@@ -13,6 +13,8 @@ import json
 from functools import lru_cache
 from typing import Any, Iterable, Optional
 
+from agent.core.events import read_events
+
 THUMB_SIDE = 160  # px, longest side of an inlined thumbnail
 THUMB_QUALITY = 80  # JPEG quality
 
@@ -53,11 +55,6 @@ def thumbnail_data_uri(path: str, side: int = THUMB_SIDE) -> Optional[str]:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=THUMB_QUALITY)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def event_payloads(run: dict) -> dict[str, dict]:
-    """'node/kind' -> that event's payload (the last one where a node wrote twice)."""
-    return {f"{ev.get('node')}/{ev.get('kind')}": ev.get("payload") or {} for ev in run.get("events") or []}
 
 
 def fmt_num(v: Any, fmt: str = ".3f") -> str:
@@ -132,11 +129,10 @@ def _details(summary: str, body: str, open_: bool) -> str:
 
 
 def _run_section(run: dict, heading: str = "h2", open_details: bool = True, anchor: Optional[str] = None) -> str:
-    ev = event_payloads(run)
+    ev = read_events(run)
     answer = run.get("answer") or {}
     rows = answer.get("rows") or []
-    cands = ev.get("retrieve/candidates", {}).get("candidates", [])
-    by_id = {c["id"]: c for c in cands}
+    by_id = ev.candidates_by_id()
 
     def name(image_id: str) -> str:
         return by_id.get(image_id, {}).get("name") or (image_id or "?")[:12]
@@ -158,41 +154,42 @@ def _run_section(run: dict, heading: str = "h2", open_details: bool = True, anch
     else:
         parts.append('<p class="dim">No image in the answer.</p>')
 
-    plan = ev.get("plan/tool_calls")
+    plan = ev.plan
     if plan is not None:
-        calls = "".join(f"<li><code>{e(call_text(c))}</code></li>" for c in plan.get("tool_calls", []))
-        body = (f"<p>planner: {e(plan.get('planner'))}; fallback: {e(plan.get('fallback') or 'none')}; "
-                f"{e(fmt_num(plan.get('ms'), '.1f'))} ms</p><ul>{calls}</ul>")
+        calls = "".join(f"<li><code>{e(call_text(c))}</code></li>" for c in plan.tool_calls)
+        body = (f"<p>planner: {e(plan.planner)}; fallback: {e(plan.fallback or 'none')}; "
+                f"{e(fmt_num(plan.ms, '.1f'))} ms</p><ul>{calls}</ul>")
         parts.append(_details("<b>Plan</b>: tool calls", body, open_details))
 
-    ret = ev.get("retrieve/candidates")
+    ret = ev.candidates
     if ret is not None:
+        cands = ret.candidates
         crow = [[e(c.get("rank")), f"<code>{e(c.get('name') or c['id'][:12])}</code>", e(class_text(c)),
                  _n(c.get("score")), "\x00num" + e(" ".join(f"{s:.3f}" for s in c.get("fold_scores") or []) or "-"),
                  e({True: "match", False: "outside", None: ""}[c.get("filter_match")]), e(c.get("query"))]
                 for c in cands]
         body = _table(("#", "image", "class", "cosine", "per fold", "filter", "query"), crow, "candidates")
-        body += "".join(f'<p class="err">tool error: {e(x)}</p>' for x in ret.get("errors") or [])
+        body += "".join(f'<p class="err">tool error: {e(x)}</p>' for x in ret.errors)
         parts.append(_details(f"<b>Retrieve</b>: {len(cands)} candidates", body, open_details))
 
-    jud = ev.get("judge/verdicts")
+    jud = ev.verdicts
     if jud is not None:
         vrows = []
-        for v in jud.get("verdicts", []):
+        for v in jud.verdicts:
             status = f"fallback: {v['fallback']}" if v.get("fallback") else ("cached" if v.get("cached") else "fresh")
             raw = v.get("raw")
             vrows.append([f"<code>{e(name(v.get('id')))}</code>", _n(v.get("score"), ".2f"),
                           e(f"{v.get('judge')} ({v.get('model')})"), e(status), e(v.get("justification")),
                           f"<pre>{e(raw)}</pre>" if raw is not None else '<span class="dim">(none)</span>'])
-        body = (f"<p>question judged: {e(jud.get('question'))}; {e(fmt_num(jud.get('ms'), '.1f'))} ms</p>"
+        body = (f"<p>question judged: {e(jud.question)}; {e(fmt_num(jud.ms, '.1f'))} ms</p>"
                 + _table(("image", "score", "judge", "status", "justification", "raw answer"), vrows, "verdicts"))
-        parts.append(_details(f"<b>Judge</b>: {e(jud.get('judge'))}", body, open_details))
+        parts.append(_details(f"<b>Judge</b>: {e(jud.judge)}", body, open_details))
 
-    fuse = ev.get("fuse/table")
+    fuse = ev.fuse
     if fuse is not None:
-        cfg = fuse.get("config") or {}
+        cfg = fuse.config
         frows = []
-        for i, r in enumerate(fuse.get("table") or [], start=1):
+        for i, r in enumerate(fuse.table, start=1):
             formula = f'<span class="formula">{e(r.get("formula"))}</span>'
             if r.get("demoted"):
                 formula += f' <span class="demoted">(ranked last: {e(r["demoted"])})</span>'
@@ -200,7 +197,7 @@ def _run_section(run: dict, heading: str = "h2", open_details: bool = True, anch
                           _n(r.get("judge_rank"), "d"), _n(r.get("judge_score"), ".2f"), _n(r.get("final"), ".4f"),
                           formula])
         body = (f"<p>config: <code>{e(json.dumps(cfg))}</code>; constraints: "
-                f"<code>{e(json.dumps(fuse.get('constraints') or {}))}</code></p>"
+                f"<code>{e(json.dumps(fuse.constraints))}</code></p>"
                 + _table(("#", "image", "retrieval rank", "judge rank", "judge score", "final", "formula"), frows,
                          "fuse"))
         parts.append(_details(f"<b>Pos-Fuse</b> ({e(cfg.get('strategy', '?'))})", body, open_details))

@@ -19,8 +19,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from agent.core.filters import Filters
+from agent.core.limits import MAX_K, MAX_RUNS, MAX_TEXT, MAX_UPLOAD
 from agent.core.version import kger_version
-from agent.serve.service import MAX_K, MAX_RUNS, MAX_TEXT, MAX_UPLOAD, RequestError, Service
+from agent.serve.service import RequestError, Service
 
 log = logging.getLogger("kger.serve")
 BODY_SLACK = 64 * 1024  # multipart framing around an upload of MAX_UPLOAD bytes
@@ -29,6 +31,8 @@ BODY_SLACK = 64 * 1024  # multipart framing around an upload of MAX_UPLOAD bytes
 class SearchRequest(BaseModel):
     text: str = Field(min_length=1, max_length=MAX_TEXT, description="A clinical description.")
     k: int = Field(10, ge=1, le=MAX_K, description="How many images to return.")
+    filters: Optional[Filters] = Field(None, description="Region, side, state: matching images first, then "
+                                                         "uncertain, then contradicting; strict: matching only.")
 
 
 class AskRequest(BaseModel):
@@ -154,7 +158,7 @@ def create_app(service: Service, token: Optional[str] = None, mcp: bool = True):
 
     @app.post("/search", summary="Retrieval only: the ensemble's top-k images for a description")
     def search(req: SearchRequest) -> dict:
-        return service.search_text(req.text, req.k)
+        return service.search_text(req.text, req.k, req.filters)
 
     @app.post("/search/image", summary="Retrieval only: images like an uploaded image (PNG, JPEG, ...)")
     async def search_image(file: UploadFile = File(...), k: int = Form(10, ge=1, le=MAX_K)) -> dict:

@@ -5,12 +5,14 @@ mean, which filters exist and when to prefer `ask` (judged, explained, traced) o
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Optional
 
 from pydantic import Field
 
+from agent.core.filters import Filters, Region, Side, State
+from agent.core.limits import MAX_K
 from agent.core.version import kger_version
-from agent.serve.service import MAX_K, RequestError, Service
+from agent.serve.service import RequestError, Service
 
 INSTRUCTIONS = (
     "kger searches a library of ENT (ear, nose, throat, larynx) endoscopy images by clinical description. "
@@ -37,7 +39,7 @@ def _tool_error(fn):
 
 def _rows(results: list[dict]) -> list[dict]:
     keep = ("rank", "id", "name", "path", "score", "fold_scores", "label", "predicted", "predicted_prob")
-    return [{k: r.get(k) for k in keep} for r in results]
+    return [{k: r.get(k) for k in keep + (("filter_match",) if "filter_match" in r else ())} for r in results]
 
 
 def build_mcp(service: Service):
@@ -51,26 +53,23 @@ def build_mcp(service: Service):
         query: Annotated[str, Field(description="A short clinical phrase, e.g. 'left tympanic membrane, "
                                                 "central perforation' or 'vocal folds open'.")],
         k: Annotated[int, Field(ge=1, le=MAX_K, description="How many images to return.")] = 10,
-        region: Annotated[Optional[Literal["ear", "nose", "throat", "larynx"]],
-                          Field(description="Only images of this region.")] = None,
-        side: Annotated[Optional[Literal["left", "right"]],
-                        Field(description="Only this side (ear and nose images have a side).")] = None,
-        state: Annotated[Optional[Literal["open", "closed"]],
-                         Field(description="Vocal folds open or closed (larynx only).")] = None,
+        region: Annotated[Optional[Region], Field(description="Images of this region first.")] = None,
+        side: Annotated[Optional[Side], Field(description="This side first (ear and nose images have a side).")] = None,
+        state: Annotated[Optional[State], Field(description="Vocal folds open or closed first (larynx only).")] = None,
+        strict: Annotated[bool, Field(description="Only images known to satisfy the filters (fewer than k, or "
+                                                  "none, where the store does not know an image's class).")] = False,
     ) -> dict[str, Any]:
         """Search the endoscopy image library with a clinical phrase; retrieval only (no judge, no reasons).
 
         Returns the top-k images, best first: id (content hash), file path, `score` (ensemble cosine
         similarity, higher is closer; compare scores within one query only), `fold_scores` (each ensemble
         member's cosine: agreement between them means a stable match), and the image's class: `label` when
-        known, else `predicted` with its probability. Filters (region, side, state) keep only images whose
-        class satisfies them. For a judged, explained answer use `ask`."""
-        from retrieval.lexicon import classes_for
-
-        classes = classes_for(region, side, state) if (region or side or state) else None
-        doc = service.search_text(query, k, classes=classes)
-        return {"query": query, "filters": {"region": region, "side": side, "state": state},
-                "results": _rows(doc["results"])}
+        known, else `predicted` with its probability. Filters (region, side, state) put images whose
+        class satisfies them first, then images whose class is uncertain, then those known not to (each row's
+        `filter_match`: true, null, false); `strict` keeps only the first. For a judged, explained answer use `ask`."""
+        filters = Filters(region=region, side=side, state=state, strict=strict)
+        doc = service.search_text(query, k, filters)
+        return {"query": query, "filters": filters.model_dump(), "results": _rows(doc["results"])}
 
     @server.tool()
     @_tool_error

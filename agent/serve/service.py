@@ -1,7 +1,8 @@
 """The warm process behind `kger serve`: one Assistant (encoder + store + graph) and the trace database.
 
-Both doors (HTTP in http.py, MCP in mcp_tools.py) call these methods, so the bounds on a request live here
-once. One lock serialises turns: a turn is ~0.1 s offline, and the graph, the Chroma client and the trace
+Both doors (HTTP in http.py, MCP in mcp_tools.py) call these methods; the bounds on a request are
+agent/core/limits.py's, the same as the CLI's and the tools'. A turn goes to the shared Assistant as its own
+`TurnRequest` (k, pool, thread), never by changing the Assistant. One lock serialises turns: a turn is ~0.1 s offline, and the graph, the Chroma client and the trace
 writer then never see two requests at once.
 """
 from __future__ import annotations
@@ -13,12 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from agent.core import limits
+from agent.core.filters import Filters, filtered_search
+from agent.core.limits import MAX_RUNS, MAX_TEXT, MAX_UPLOAD, LimitError
 from retrieval.candidate import TOOL_FIELDS
-
-MAX_K = 100
-MAX_TEXT = 2000  # characters of a description
-MAX_UPLOAD = 16 * 1024 * 1024  # bytes of an uploaded image (and of any request body)
-MAX_RUNS = 200
 
 
 class RequestError(ValueError):
@@ -38,9 +37,11 @@ def check_text(text: Any, what: str = "text") -> str:
 
 
 def check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise RequestError(f"k must be an integer from 1 to {MAX_K}", 422)
-    return k
+    """agent.core.limits.check_k, as the client's 422."""
+    try:
+        return limits.check_k(k)
+    except LimitError as e:
+        raise RequestError(str(e), 422) from None
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Service:
     def open(cls, store: str = "default", url: Optional[str] = None, llm: str = "offline") -> "Service":
         from agent.assistant import Assistant
 
-        return cls(Assistant.open(store, url=url, llm=llm, k=10, pool=20), store=store)
+        return cls(Assistant.open(store, url=url, llm=llm, k=10), store=store)
 
     @property
     def searcher(self):
@@ -67,12 +68,19 @@ class Service:
                 "folds": enc.folds, "encoder": getattr(enc, "backend", "torch"), "llm": self.assistant.llm}
 
     # ----------------------------------------------------------------------------------------- retrieval
-    def search_text(self, text: str, k: int = 10, classes=None) -> dict:
+    def search_text(self, text: str, k: int = 10, filters: Optional[Filters] = None) -> dict:
+        """Retrieval only; `filters` order (or, strict, limit) the results as the agent's tools do."""
         text, k = check_text(text), check_k(k)
         with self.lock:
-            results = self.searcher.text(text, k=k, classes=classes)
-        return {"query": text, "store": self.store, "bundle": self.searcher.encoder.fingerprint,
-                "results": [r.model_dump(exclude=TOOL_FIELDS) for r in results]}
+            vec = self.searcher.encode_text(text)
+            results = filtered_search(lambda n, classes: self.searcher.by_vector(vec, n, classes), k, text, filters)
+        doc = {"query": text, "store": self.store, "bundle": self.searcher.encoder.fingerprint,
+               "results": [r.model_dump(exclude=TOOL_FIELDS) for r in results]}
+        if filters is not None and filters.classes() is not None:  # which results met the filter
+            doc["filters"] = filters.model_dump()
+            for row, r in zip(doc["results"], results):
+                row["filter_match"] = r.filter_match
+        return doc
 
     def search_image_bytes(self, data: bytes, k: int = 10, name: str = "upload") -> dict:
         """An uploaded image: its stored vector when it is in the store (same bytes), else encoded now."""
@@ -120,10 +128,10 @@ class Service:
         text, k = check_text(text), check_k(k)
         if thread_id is not None:
             check_text(thread_id, "thread_id")
+        # a server's answers can be followed up (the thread id comes back), so each keeps its thread
+        turn = self.assistant.turn(k=k, pool=None, thread=thread_id or uuid.uuid4().hex, kind="ask")
         with self.lock:
-            self.assistant.k, self.assistant.pool = k, max(20, k)
-            # a server's answers can be followed up (the thread id comes back), so each keeps its thread
-            answer = self.assistant.ask(text, thread_id=thread_id or uuid.uuid4().hex, kind="ask", on_event=on_event)
+            answer = self.assistant.ask(text, turn, on_event=on_event)
         if answer.status == "error":  # the store or a model failed: an error, not an empty answer
             raise RequestError(f"no answer ({answer.error}); run {answer.run_id}", 503)
         return answer.model_dump()

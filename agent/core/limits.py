@@ -1,0 +1,34 @@
+"""The bounds of a request, written once: the CLI, HTTP, MCP and the agent's tools all read them here.
+
+`k` (images in an answer) and `pool` (candidates retrieved and judged per query) share one bound, MAX_K. A
+request over it is an error that names the bound (`LimitError`, one line, exit 1 / HTTP 422 / an MCP tool
+error), never a silent cap: a caller who asks for 500 images gets 500 or is told why not. `pool_for` is the
+one place the rule "the pool holds at least k candidates" is written.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from retrieval.errors import InputError
+
+MAX_K = 1000  # images per answer and candidates per query (k and pool), for every door and the tools
+DEFAULT_POOL = 20  # candidates per query when the caller names none
+MAX_TEXT = 2000  # characters of a description sent to the server
+MAX_UPLOAD = 16 * 1024 * 1024  # bytes of an uploaded image (and of any request body)
+MAX_RUNS = 200  # runs listed by one request to the server
+
+
+class LimitError(InputError):
+    """A request over one of the bounds above; the message names the bound."""
+
+
+def check_k(k: Any, what: str = "k") -> int:
+    """`k` as an int from 1 to MAX_K, or LimitError naming the bound (a bool is not a count)."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise LimitError(f"{what} must be an integer from 1 to {MAX_K}, not {k!r}")
+    return k
+
+
+def pool_for(k: int, pool: Optional[int] = None) -> int:
+    """Candidates per query for an answer of k images: the pool asked for (DEFAULT_POOL if none), at least k."""
+    return max(check_k(pool, "pool") if pool is not None else DEFAULT_POOL, check_k(k))
