@@ -243,10 +243,11 @@ def read_queries(path: str | Path) -> Parsed:
     first_seen: dict[str, int] = {}
     for n, text in usable:
         if text in first_seen:
-            out.skipped.append(Skipped(n, f"duplicate of {parsed.unit} {first_seen[text]}"))
+            out.skipped.append(Skipped(n, f"duplicate of {out.unit} {first_seen[text]}"))
         else:
             first_seen[text] = n
             out.items.append(Query(text, n))
+    out.skipped.sort(key=lambda s: s.line)  # in file order, whichever check skipped them
     return _usable(out, path, "query")
 
 
@@ -349,6 +350,7 @@ def read_ground_truth(path: str | Path) -> Parsed:
             merged[query] = Truth(query, old.line, tuple(dict.fromkeys(old.images + images)),
                                   tuple(dict.fromkeys(old.classes + classes)))
     out.items = list(merged.values())
+    out.skipped.sort(key=lambda s: s.line)  # in file order, whichever check skipped them
     return _usable(out, path, "ground-truth entry")
 
 
