@@ -19,7 +19,7 @@ from agent.context import Context, Planner
 from agent.core.limits import DEFAULT_POOL, pool_for
 from agent.core.events import events_for_update
 from agent.core.events import write as write_event
-from agent.core.turn import TurnRequest
+from agent.core.turn import TurnRequest, check_llm
 from agent.graph import build_graph, serializer
 from agent.judges.base import Judge
 from agent.plan import OfflinePlanner
@@ -30,9 +30,6 @@ from retrieval.errors import InputError, KgerError
 if TYPE_CHECKING:
     from retrieval.search import Searcher
     from store.traces import TraceDB
-
-LLMS = ("offline", "gemini")
-
 
 def service_failure(e: BaseException) -> bool:
     """A failure of the store or a model during a turn (not bad input, not a bug): the turn's answer says so.
@@ -48,13 +45,6 @@ def service_failure(e: BaseException) -> bool:
     from agent.llm import GeminiCallError, GeminiUnavailable
 
     return isinstance(e, (GeminiCallError, GeminiUnavailable))
-
-
-def check_llm(llm: str) -> str:
-    """The one check of an --llm / /llm value; the InputError names the choices."""
-    if llm not in LLMS:
-        raise InputError(f"--llm must be {' or '.join(LLMS)}, not {llm!r}")
-    return llm
 
 
 class GeminiPlanner:

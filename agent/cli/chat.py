@@ -233,7 +233,7 @@ class ChatSession:
         return True
 
     def switch_llm(self, llm: str) -> None:
-        from agent.assistant import LLMS, check_llm
+        from agent.core.turn import LLMS, check_llm
 
         try:
             check_llm(llm)

@@ -163,8 +163,8 @@ def progress(disable: bool = False):
 
 
 def check_llm(llm: str) -> str:
-    """--llm: a usage error (exit 2) unless agent.assistant.check_llm accepts it; Gemini is announced once."""
-    from agent.assistant import check_llm as valid_llm
+    """--llm: a usage error (exit 2) unless agent.core.turn.check_llm accepts it; Gemini is announced once."""
+    from agent.core.turn import check_llm as valid_llm
 
     try:
         valid_llm(llm)

@@ -10,8 +10,17 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from agent.core.limits import check_k, pool_for
+from retrieval.errors import InputError
 
 KINDS = ("ask", "chat", "batch", "eval")
+LLMS = ("offline", "gemini")
+
+
+def check_llm(llm: str) -> str:
+    """The one check of an --llm / /llm value; the InputError names the choices."""
+    if llm not in LLMS:
+        raise InputError(f"--llm must be {' or '.join(LLMS)}, not {llm!r}")
+    return llm
 
 
 @dataclass(frozen=True)
@@ -33,8 +42,6 @@ class TurnRequest:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {self.kind!r}")
         if self.llm is not None:
-            from agent.assistant import check_llm
-
             check_llm(self.llm)
 
     def with_(self, **changes) -> "TurnRequest":
