@@ -43,7 +43,7 @@ class AnswerTable:
         whys = []
         for r in self.answer.rows:
             cls = r.label or (f"{r.predicted}? {r.predicted_prob:.2f}" if r.predicted else "-")
-            why = literal(r.justification)  # model and user text is never markup (agent/cli/render.py)
+            why = literal(r.justification)  # model and user text is never markup (agent/core/render.py)
             if r.fallback:
                 why = line(why, " ", literal(f"(offline judge: {r.fallback})", style="dim"))
             if r.demoted:
