@@ -250,7 +250,8 @@ class Assistant:
                 "planner": update.get("planner"), "fallback": update.get("plan_fallback"),
                 "tool_calls": [dict(c) for c in update["messages"][-1].tool_calls],
                 "constraints": update.get("constraints") or {},
-                "conflicts": update.get("constraint_conflicts") or [], "ms": ms})
+                "conflicts": update.get("constraint_conflicts") or [],
+                "corrections": update.get("corrections") or [], "ms": ms})
         elif node == "judge":
             self.traces.add_event(run_id, "retrieve", "candidates", {
                 "candidates": [c.model_dump() for c in update["candidates"]], "errors": update["tool_errors"]})
