@@ -65,6 +65,18 @@ def test_a_negated_or_normal_region_is_never_a_filter():
     assert parse("No discharge from the right ear. Please find images of the throat.").site == "throat"
 
 
+@pytest.mark.parametrize("text,filters", [
+    ("There is no evidence of perforation in the right ear but there is wax.", {"region": "ear", "side": "right"}),
+    ("the left is fine, the right ear has a discharge", {"region": "ear", "side": "right"}),
+    ("Nose: left side polyp, right side normal.", {"region": "nose", "side": "left"}),
+    ("otoscopy AS: wax, AD: clear", {"region": "ear", "side": "left"}),
+    ("pharynx is red, larynx normal", {"region": "throat"}),
+    ("Plan: review in 6 weeks. Findings: throat erythema.", {"region": "throat"}),
+])
+def test_the_negated_finding_goes_but_its_place_stays_when_the_sentence_goes_on(text, filters):
+    assert filters_of(text) == filters
+
+
 def test_history_only_adds_context():
     r = read("History: recurrent left otitis media as a child. Findings: right nasal polyp.")
     assert r.focus == "right nasal polyp" and not r.request
