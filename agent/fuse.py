@@ -32,4 +32,4 @@ def fuse(state: State, runtime: Runtime[Context]) -> dict:
                    {c.id: contradiction(c, state.constraints) for c in state.candidates}, ctx.fuse)
     rows = [AnswerRow.of(n, by_id[r.id], verdicts.get(r.id), r) for n, r in enumerate(ranking[: ctx.k], start=1)]
     return {"ranking": ranking, "answer": Answer(question=state.question, rows=rows, constraints=state.constraints,
-                                                 run_id=ctx.run_id, llm=ctx.llm)}
+                                                 run_id=ctx.run_id, llm=ctx.llm, corrections=state.corrections)}

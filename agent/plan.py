@@ -23,7 +23,7 @@ from agent.context import Context
 from agent.prompts import bounded_user_text, escape_user_text, load_prompt
 from agent.state import Answer, State
 from retrieval.errors import InputError
-from retrieval.lexicon import split_queries
+from retrieval.lexicon import parse, split_queries
 
 _ONLY_SIDE = re.compile(r"^\W*(?:only\s+(?:the\s+)?(left|right)(?:\s+side)?|(left|right)(?:\s+side)?\s+only)\W*$", re.I)
 
@@ -132,6 +132,6 @@ def plan(state: State, runtime: Runtime[Context]) -> dict:
     calls, conflicts = enforce(calls, constraints)
     ai = AIMessage(content=ai.content or "", tool_calls=calls, id=getattr(ai, "id", None))
     return {"messages": [ai], "question": judge_question, "constraints": constraints,
-            "constraint_conflicts": conflicts,
+            "constraint_conflicts": conflicts, "corrections": [str(c) for c in parse(question).corrections],
             "planner": "offline" if fallback or isinstance(ctx.planner, OfflinePlanner) else ctx.llm,
             "plan_fallback": fallback, "candidates": [], "verdicts": []}

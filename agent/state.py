@@ -66,6 +66,8 @@ class Answer(BaseModel):
     thread_id: Optional[str] = None
     timings: dict[str, float] = Field(default_factory=dict)
     input: Optional[str] = None
+    corrections: list[str] = Field(default_factory=list, description="words of the description read as others "
+                                   "(\"read 'rigth' as 'right'\"): typos and lay words, shown once")
     fallbacks: list[str] = Field(default_factory=list, description="what stood in for the chosen LLM, and why "
                                  "(the offline planner, the offline judge); --strict fails on any")
     # -- failures are never silent (issue 10): a turn whose store or model failed says so, with the reason
@@ -95,6 +97,9 @@ class State(InputState):
 
     plan_fallback: Optional[str] = None
     """Why the offline planner stood in, if it did."""
+
+    corrections: list[str] = field(default_factory=list)
+    """Words of this turn's text read as others (typos, lay words; retrieval/reading.py), for the answer."""
 
     tool_errors: list[str] = field(default_factory=list)
     """Tool calls of this turn refused for bad arguments, as the tool node reported them (any other tool

@@ -16,8 +16,10 @@ Decisions the ENTRep annotations settle (annotations/.../t2i.json with cls.json)
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
+
+from retrieval.reading import read
 
 CLASSES = ("nose-right", "nose-left", "ear-right", "ear-left", "vc-open", "vc-closed", "throat")
 SITES = ("ear", "nose", "throat", "larynx")
@@ -162,6 +164,7 @@ class ParsedQuery:
     findings: tuple[str, ...]  # canonical finding names, in order of first mention, negated ones left out
     classes: tuple[str, ...]  # ENTRep classes compatible with the parse, in CLASSES order (all 7 if nothing known)
     parts: tuple["ParsedQuery", ...] = ()  # one parse per focused query when the text names several sites
+    corrections: tuple = ()  # retrieval.reading.Correction: typos and lay words read as the lexicon's words
 
 
 def _is_shouting(text: str) -> bool:
@@ -267,12 +270,25 @@ def _combine(text: str, parts: list[ParsedQuery]) -> ParsedQuery:
     return ParsedQuery(text, site, side, common(p.state for p in parts), findings, classes, tuple(parts))
 
 
-def parse(text: str) -> ParsedQuery:
-    """Parse a description; a text naming several sites keeps one parse per focused query in `parts`."""
-    pieces = split_queries(text)
+def parse_plain(text: str) -> ParsedQuery:
+    """Parse text as it stands (no reading of requests, negatives or typos); `parse` is for descriptions."""
+    pieces = _split(text)
     if len(pieces) == 1:
         return _parse_simple(text)
     return _combine(text, [_parse_simple(p) for p in pieces])
+
+
+def parse(text: str) -> ParsedQuery:
+    """Parse a description as read by retrieval/reading.py (its request, no negated or normal part, typos
+    corrected); a text naming several sites keeps one parse per focused query in `parts`."""
+    reading = read(text)
+    parsed = parse_plain(reading.focus)
+    return replace(parsed, corrections=reading.corrections) if reading.corrections else parsed
+
+
+def site_mentions(text: str) -> list[str]:
+    """The sites named in the text, in order, longest mention first where they overlap."""
+    return [site for _, _, site in _site_spans(text)]
 
 
 _CLAUSE_SEP = re.compile(
@@ -281,6 +297,12 @@ _CLAUSE_SEP = re.compile(
 
 
 def split_queries(text: str) -> list[str]:
+    """The focused queries of a description as read (retrieval/reading.py): its request, without the negated
+    or normal parts, typos corrected; one query per image sought (see `_split`)."""
+    return _split(read(text).focus)
+
+
+def _split(text: str) -> list[str]:
     """Split a description that names several sites or sides into focused queries, one per image sought.
 
     Clauses (split at punctuation and conjunctions) that name no site belong to the query before them (or the
@@ -339,16 +361,18 @@ def class_consistency(parsed: ParsedQuery, cls: str | None) -> tuple[float, str]
         return 0.0, f"state mismatch: query {parsed.state}, image {cls}"
     if cls not in parsed.classes:
         return 0.0, f"mismatch: image {cls} is none of {', '.join(parsed.classes)}"
-    stated = {"site": parsed.site and site, "side": parsed.side, "state": parsed.state}
+    side = parsed.side if parsed.side in ("left", "right") else None  # "bilateral" names no one side
+    stated = {"site": parsed.site and site, "side": side, "state": parsed.state}
     deciding = ["site"] + (["side"] if site in _SIDED_SITES else []) + (["state"] if site == "larynx" else [])
     matched = [f"{key} {stated[key]}" for key in deciding if stated[key]]
     missing = [key for key in deciding if not stated[key]]
     score = 0.5 + 0.5 * len(matched) / len(deciding)
+    either = "; bilateral, so either side fits" if parsed.side == "bilateral" and "side" in missing else ""
     if not matched:
-        return score, f"{cls} is compatible, but the description states no {' or '.join(missing)}"
+        return score, f"{cls} is compatible, but the description states no {' or '.join(missing)}{either}"
     verb = "matches" if len(matched) == 1 else "match"
     reason = f"{' and '.join(matched)} {verb} {cls}"
-    return score, reason + (f"; {' or '.join(missing)} not stated" if missing else "")
+    return score, reason + (either or (f"; {' or '.join(missing)} not stated" if missing else ""))
 
 
 _DESCRIPTIONS = {

@@ -271,7 +271,7 @@ def test_why_is_1_first_comes_from_the_trace(conversation):
     assert top["formula"] in screen  # the Pos-Fuse arithmetic, as recorded
     posfuse = r"fused = \(0\.4\*0\.\d{4} \+ 0\.6\*\(0\.6\*0\.\d{4}\+0\.4\*[01]\.\d{3}\)\) / 1 = 0\.\d{4}"
     assert re.search(posfuse, screen)
-    assert top["justification"].split(":")[0] in screen  # "Labelled ear-right"
+    assert f"Labelled {top['label']}" in screen and top["justification"].split(";")[0] in screen  # "2/2 folds ..."
     assert "Per-fold cosine: fold 1" in screen and "fold 2" in screen
     assert re.search(r"Fold agreement: [0-2]/2 folds", screen)
     assert "no model was called" in screen

@@ -52,14 +52,15 @@ class AnswerTable:
             t.add_row(str(r.rank), literal(r.name or r.id[:12]), literal(cls), f"{r.retrieval:.3f}", judge,
                       f"{r.fused:.3f}")
             whys.append((str(r.rank), why))
+        head = [literal("; ".join(self.answer.corrections), style="yellow")] if self.answer.corrections else []
         if not self.reasons or not whys:
-            return Group(t)
+            return Group(*head, t)
         grid = Table.grid(padding=(0, 2))
         grid.add_column(justify="right", min_width=3)
         grid.add_column()  # wraps with a hanging indent under the reason, not under the rank
         for rank, why in whys:
             grid.add_row(rank, why)
-        return Group(t, Text("why", style="bold"), grid)
+        return Group(*head, t, Text("why", style="bold"), grid)
 
 
 def answer_table(answer: "Answer", reasons: bool = True) -> AnswerTable:

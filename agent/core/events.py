@@ -40,6 +40,7 @@ class PlanEvent(_Event):
     tool_calls: list[dict] = Field(default_factory=list)
     constraints: dict = Field(default_factory=dict)
     conflicts: list[dict] = Field(default_factory=list)
+    corrections: list[str] = Field(default_factory=list)  # words read as others ("read 'rigth' as 'right'")
     ms: Optional[float] = None
 
 
@@ -121,7 +122,8 @@ def events_for_update(node: str, update: dict, seen: dict, ms: float, *, judge: 
         return [PlanEvent(planner=update.get("planner"), fallback=update.get("plan_fallback"),
                           tool_calls=[dict(c) for c in update["messages"][-1].tool_calls],
                           constraints=update.get("constraints") or {},
-                          conflicts=update.get("constraint_conflicts") or [], ms=ms)]
+                          conflicts=update.get("constraint_conflicts") or [],
+                          corrections=update.get("corrections") or [], ms=ms)]
     if node == "judge":
         return [CandidatesEvent(candidates=[c.model_dump() for c in update["candidates"]],
                                 errors=update["tool_errors"]),

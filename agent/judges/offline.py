@@ -64,12 +64,16 @@ def _verdict(parsed: ParsedQuery, cand: Candidate, folds: dict[str, tuple[int, i
              reason: Optional[str] = None) -> Verdict:
     consistency, sentence, cls = _consistency(parsed, cand)
     agree, total = folds.get(cand.id, (0, 0))
+    # what separates candidates of one class comes first: the folds' agreement and the retrieval itself
+    seen = f"retrieved #{cand.rank} (cosine {cand.score:.2f})"
+    if cand.familiarity is not None and cand.familiar is not False:  # an unfamiliar image's sentence says it
+        seen += f", familiarity {cand.familiarity:.2f}"
     if total:
         score = CONSISTENCY_WEIGHT * consistency + (1 - CONSISTENCY_WEIGHT) * agree / total
-        sentence += f" {agree}/{total} folds rank it in their top {top_k}."
+        sentence = f"{agree}/{total} folds rank it in their top {top_k}; {seen}. {sentence}"
     else:
         score = consistency
-        sentence += " No per-fold scores to compare."
+        sentence = f"No per-fold scores to compare; {seen}. {sentence}"
     return Verdict(
         id=cand.id, score=min(max(score, 0.0), 1.0), justification=sentence,
         region_seen=class_description(cls) if cls else None,
