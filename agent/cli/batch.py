@@ -193,6 +193,9 @@ def batch(
     for path, flag in ((out, "--out"), (submission_path, "--submission"), (report, "--report")):
         if path is not None:
             out_file(path, flag)
+    from agent.outputs import require_distinct
+
+    require_distinct({"QUERIES": queries, "--out": out, "--submission": submission_path, "--report": report})
     if str(queries) == "-":
         queries = _stdin_queries()
     parsed = read_queries(queries)
