@@ -60,14 +60,40 @@ def _functions(db: sqlite3.Connection) -> sqlite3.Connection:
     return db
 
 
+def _open_current_read_only(path: Path) -> sqlite3.Connection | None:
+    """A read-only connection when every migration is applied; None when the schema needs work (or the file
+    is damaged), which the normal open then does (migrates, or moves the damaged file aside)."""
+    from store.migrations import MIGRATIONS
+
+    try:
+        db = _functions(connect_read_only(path, live=True))
+    except sqlite3.DatabaseError:
+        return None
+    try:
+        applied = {r[0] for r in db.execute("select name from _kger_migrations")}
+    except sqlite3.DatabaseError:
+        applied = set()
+    if all(fn.__name__ in applied for fn in MIGRATIONS):
+        return db
+    db.close()
+    return None
+
+
 class TraceDB:
     """traces.db (``HOME/traces.db`` by default). One connection, guarded by a lock: safe to share
     between the threads of one process; other processes wait on SQLite's 30 s busy timeout."""
 
-    def __init__(self, path: Path | str | None = None):
+    def __init__(self, path: Path | str | None = None, *, reader: bool = False):
+        """`reader`: for commands that only read (trace list, show, export): an existing database whose schema
+        is current is opened read-only, so reading never writes to it (no migration, no journal change)."""
         self.path = traces_db_path() if path is None else path
         self._lock = threading.RLock()
         self.read_only = False  # a trace database on a read-only filesystem: listed and shown, never written
+        if reader and Path(self.path).is_file():
+            self._db = _open_current_read_only(Path(self.path))
+            if self._db is not None:
+                self.read_only = True
+                return
         try:  # a damaged file is kept aside and a fresh one started (store.db.open_db says so)
             self._db = open_db(self.path, "the trace database", lambda db: migrate(_functions(db)))
         except ReadOnlyStateError:
@@ -148,11 +174,12 @@ class TraceDB:
             raise UnknownRunError(f"No run {run_id!r} in {self.path}")
 
     # -- pruning -------------------------------------------------------------------------------
-    def prune(self, before: datetime) -> dict:
+    def prune(self, before: datetime, dry_run: bool = False) -> dict:
         """Delete the runs started before `before` with their events, in one transaction; then VACUUM.
 
         Returns the counts and the conversation threads no remaining run refers to (a chat thread whose
-        later turns are kept stays), so the caller can drop their checkpoints too."""
+        later turns are kept stays), so the caller can drop their checkpoints too. `dry_run`: the same
+        counts, the transaction rolled back."""
         cutoff = to_utc_text(before)
         with self._lock:
             self._db.execute("begin immediate")
@@ -166,10 +193,12 @@ class TraceDB:
                 runs = self._db.execute("delete from runs where created < ?", (cutoff,)).rowcount
                 kept = {r[0] for r in self._db.execute(
                     "select distinct thread_id from runs where thread_id is not null")}
-                self._db.execute("commit")
+                self._db.execute("rollback" if dry_run else "commit")
             except BaseException:
                 self._db.execute("rollback")
                 raise
+            if dry_run:
+                return {"runs": runs, "events": events, "threads": sorted(threads - kept)}
             self._db.execute("vacuum")
             self._db.execute("pragma wal_checkpoint(truncate)")
         return {"runs": runs, "events": events, "threads": sorted(threads - kept)}

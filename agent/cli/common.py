@@ -122,7 +122,7 @@ def crash_report(e: BaseException, command: Optional[str] = None) -> str:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"crash-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}.txt"
         path.write_text(f"kger {command or ''} crashed\n\n{text}", encoding="utf-8")
-    except OSError as write_error:
+    except (OSError, InputError) as write_error:  # InputError: an empty KGER_HOME
         return f"The traceback could not be saved ({write_error}); rerun with KGER_DEBUG=1 to see it."
     return f"Traceback saved to {path} (please include it in a bug report; KGER_DEBUG=1 prints it)."
 
@@ -140,6 +140,8 @@ def set_home(home: Optional[Path]) -> Path:
     """Make --home the one place every module reads (store.paths.kger_home reads KGER_HOME)."""
     from agent.cli.checks import home_dir
 
+    if home is not None and not str(home).strip():  # KGER_HOME=" " reaches here as --home
+        raise InputError("--home (or KGER_HOME) is blank: give it a folder, or unset KGER_HOME to use ~/.kger")
     if home is not None:
         os.environ["KGER_HOME"] = str(home_dir(Path(home).expanduser()).resolve())
     from store.paths import kger_home
