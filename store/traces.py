@@ -1,7 +1,8 @@
 """Trace records: one row per run (a question, a chat turn, a batch, an eval) and its ordered events.
 
 A run is started before the graph runs and each event is committed as it happens, so a crash keeps
-everything up to the crash (status stays 'running'). Events store what each step saw and returned,
+everything up to the crash (status stays 'running'; the next open that finds the writing process gone marks it
+'interrupted', store/liveness.py). Events store what each step saw and returned,
 including what the LLM said, so showing a trace never calls a model. Every value is passed through
 ``store.redact.record`` first: JSON-able, no API key.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.errors import KgerError
+from store import liveness
 from store.db import ReadOnlyStateError, connect_read_only, open_db, to_utc_text, utcnow
 from store.migrations import migrate
 from store.paths import traces_db_path
@@ -24,6 +26,7 @@ from store.redact import record, scrub_text
 
 KINDS = ("ask", "chat", "batch", "eval")
 FINAL_STATUSES = ("ok", "error")
+INTERRUPTED_ERROR = "interrupted: the process writing this run ended before it finished"
 _JSON_COLUMNS = ("models", "answer", "timings")
 _HEX = re.compile(r"^[0-9a-f]+$")
 
@@ -48,7 +51,12 @@ def _text(value: Any) -> str | None:
 
 
 def _row(row: sqlite3.Row) -> dict:
+    """A run as a dict; a 'running' run whose writer is gone reads as 'interrupted' (a read-only reader
+    cannot mark it, the next writer will)."""
     out = dict(row)
+    if out.get("status") == "running" and liveness.is_dead(
+            out.get("writer_pid"), out.get("writer_host"), out.get("writer_start")):
+        out["status"], out["error"] = "interrupted", out.get("error") or INTERRUPTED_ERROR
     for column in _JSON_COLUMNS:
         if out.get(column) is not None:
             out[column] = json.loads(out[column])
@@ -100,6 +108,22 @@ class TraceDB:
             if not Path(self.path).is_file():
                 raise
             self._db, self.read_only = _functions(connect_read_only(self.path)), True
+            return
+        self.mark_interrupted()
+
+    def mark_interrupted(self) -> int:
+        """Mark 'interrupted' every run still 'running' whose writing process is gone (store/liveness.py);
+        runs of live processes, of other hosts and of unknown writers are left alone. Returns how many."""
+        with self._lock:
+            rows = self._db.execute("select id, writer_pid, writer_host, writer_start from runs"
+                                    " where status = 'running' and writer_pid is not null").fetchall()
+            dead = [r["id"] for r in rows if liveness.is_dead(r["writer_pid"], r["writer_host"], r["writer_start"])]
+            for run_id in dead:
+                self._db.execute(
+                    "update runs set status = 'interrupted', finished = ?, error = coalesce(error, ?)"
+                    " where id = ? and status = 'running'",
+                    (utcnow(), INTERRUPTED_ERROR, run_id))
+        return len(dead)
 
     def close(self) -> None:
         with self._lock:
@@ -134,10 +158,10 @@ class TraceDB:
             raise ReadOnlyStateError(f"{self.path} is read-only: this run cannot be recorded")
         run_id = uuid.uuid4().hex
         self._write(
-            "insert into runs (id, created, thread_id, kind, input, llm, store, bundle, models, status)"
-            " values (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+            "insert into runs (id, created, thread_id, kind, input, llm, store, bundle, models, status,"
+            " writer_pid, writer_host, writer_start) values (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
             (run_id, utcnow(), _text(thread_id), kind, _text(input), _text(llm), _text(store), _text(bundle),
-             _dump(models)),
+             _dump(models), *liveness.me()),
         )
         return run_id
 
