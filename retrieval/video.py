@@ -35,12 +35,14 @@ from typing import Iterator
 import numpy as np
 
 from retrieval.preprocess import ImageLoadError
+from retrieval.printable import visible
 
 VIDEO_SUFFIXES: frozenset[str] = frozenset({".mp4", ".avi", ".mov", ".mkv"})
 NEAR_MAD = 6.0  # grey levels, 32x32 thumbnails (see the module docstring for how it was measured)
 THUMB_SIDE = 32
 FRAME_MAX_SIDE = 640
 JPEG_QUALITY = 90
+MAX_EVERY = 3600.0  # seconds: an endoscopy video is minutes long; more is a typo, not a sampling rate
 _EVERY = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)?\s*$", re.IGNORECASE)
 
 
@@ -83,6 +85,8 @@ def parse_every(text: str | float) -> float:
         seconds = float(m.group(1)) / (1000.0 if (m.group(2) or "s").lower() == "ms" else 1.0)
     if not math.isfinite(seconds) or seconds < 0.001:
         raise ValueError(f"--every {text!r}: the interval must be at least 1ms")
+    if seconds > MAX_EVERY:  # 1e20 s "worked" (one frame a video) and overflowed the frame grid's arithmetic
+        raise ValueError(f"--every {text!r}: the interval must be at most {MAX_EVERY:.0f}s (one hour)")
     return seconds
 
 
@@ -97,7 +101,8 @@ def format_timestamp(t: float) -> str:
 
 
 def frame_name(video: str | os.PathLike, t: float) -> str:
-    return f"{Path(video).name} @ {format_timestamp(t)}"
+    """`exam.mp4 @ 00:01:23`; a newline or control character in the file name is stored escaped (`\\x0a`)."""
+    return f"{visible(Path(video).name, newlines=False)} @ {format_timestamp(t)}"
 
 
 def display_name(meta: dict, fallback: str = "?") -> str:

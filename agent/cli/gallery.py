@@ -79,7 +79,7 @@ def index(
         task = bar.add_task("Indexing", total=None)
         hooks = dict(
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
-            on_skip=lambda p, why: err_console.print(line("[yellow]skipped[/yellow] ", literal(f"{p}: {why}"))),
+            on_skip=lambda p, why: err_console.print(line("[yellow]skipped[/yellow] ", literal(f"{p}: {why}", newlines=False))),
             every=every_s, frames_dir=home_dir / "frames",
         )
         if ray:
