@@ -219,8 +219,12 @@ def extract_frames(
             img.thumbnail((FRAME_MAX_SIDE, FRAME_MAX_SIDE))
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_suffix(f".{os.getpid()}.tmp")
-            img.save(tmp, format="JPEG", quality=JPEG_QUALITY)
-            os.replace(tmp, out)  # a killed run never leaves a half-written frame behind
+            try:
+                img.save(tmp, format="JPEG", quality=JPEG_QUALITY)
+                os.replace(tmp, out)  # a killed run never leaves a half-written frame behind
+            except BaseException:  # a full disk: no half-written .tmp left to fill it further
+                tmp.unlink(missing_ok=True)
+                raise
         stats.kept.append(FrameItem(fid, str(out), video, video_sha256, t))
     stats.stopped = stopped[0] if stopped else None
     return stats

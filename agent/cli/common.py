@@ -96,6 +96,7 @@ class KgerGroup(TyperGroup):
         except Exception as e:
             if os.environ.get("KGER_DEBUG"):
                 raise
+            e = _no_space(e) or e  # a full disk, whichever layer noticed it: one line naming the place
             if not isinstance(e, _user_errors()):  # a bug: say so, keep the traceback in a crash file
                 err_console.print(f"Internal error (a bug in kger, not your input): {type(e).__name__}. "
                                   f"{crash_report(e, ctx.invoked_subcommand)}", markup=False, soft_wrap=True)
@@ -106,6 +107,18 @@ class KgerGroup(TyperGroup):
                 msg = f"{e.path}: {msg}"
             err_console.print(literal(f"Error: {msg}", limit=ERROR_CHARS), soft_wrap=True)
             raise typer.Exit(1) from None
+
+
+def _no_space(e: BaseException):
+    """store.diskfull's NoSpaceError for a full disk (ENOSPC, SQLITE_FULL, Chroma's wording), else None."""
+    from store.diskfull import no_space_error
+    from store.paths import kger_home
+
+    try:
+        where = kger_home()
+    except InputError:
+        where = Path.cwd()
+    return no_space_error(e, where)
 
 
 def crash_report(e: BaseException, command: Optional[str] = None) -> str:
