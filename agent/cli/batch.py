@@ -111,7 +111,7 @@ def report_runs(lines: list[dict]) -> list[dict]:
 
     runs = []
     path = traces_db_path()
-    db = TraceDB(path) if path.is_file() else None
+    db = TraceDB(path, reader=True) if path.is_file() else None  # a read: never writes traces.db
     try:
         for d in lines:
             run = None
