@@ -34,6 +34,7 @@ class IndexReport:
     present: int = 0
     trusted: int = 0  # newly indexed images whose predicted class is trusted (retrieval/trust.py)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    partial: list[tuple[str, str]] = field(default_factory=list)  # (video, where and why its frames stop)
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, same content as path)
 
     @property
@@ -123,9 +124,11 @@ def hash_files(paths: list[Path], report: IndexReport, skip: Callable[[Path, str
 
 
 def plan_items(
-    by_id: dict[str, Path], skip: Callable[[Path, str], None], *, every: float, frames_dir: Optional[Path]
+    by_id: dict[str, Path], skip: Callable[[Path, str], None], *, every: float, frames_dir: Optional[Path],
+    partial: Optional[Callable[[Path, str], None]] = None,
 ) -> list[Item]:
-    """Images as they are; each video decoded into its kept frames (cached JPEGs under `frames_dir`)."""
+    """Images as they are; each video decoded into its kept frames (cached JPEGs under `frames_dir`). A video
+    damaged part-way keeps the frames before the damage; `partial(path, note)` hears where and why it stopped."""
     items: list[Item] = []
     for sha, p in by_id.items():
         if p.suffix.lower() not in VIDEO_SUFFIXES:
@@ -139,6 +142,12 @@ def plan_items(
             skip(p, str(e))
             continue
         log.info("%s: %d frames sampled, %d near-identical dropped", p, stats.sampled, stats.near_duplicates)
+        if stats.stopped:
+            note = f"kept {len(stats.kept)} frames; {stats.stopped}"
+            if partial:
+                partial(p, note)
+            else:
+                log.warning("%s: %s", p, note)
         items.extend((f.id, Path(f.path), f.metadata()) for f in stats.kept)
     return items
 
@@ -190,6 +199,7 @@ def index_images(
     every: float = 1.0,
     frames_dir: Optional[Path] = None,
     trust=None,
+    on_partial: Optional[Callable[[str, str], None]] = None,
 ) -> IndexReport:
     """Encode and upsert every image and kept video frame under `root` that the gallery does not hold yet."""
     labels = labels or {}
@@ -204,7 +214,12 @@ def index_images(
     paths, odd = find_images(root)
     for p, why in odd:
         skip(p, why)
-    items = plan_items(hash_files(paths, report, skip), skip, every=every, frames_dir=frames_dir)
+    def partial(path, note: str) -> None:
+        report.partial.append((str(path), note))
+        if on_partial:
+            on_partial(str(path), note)
+
+    items = plan_items(hash_files(paths, report, skip), skip, every=every, frames_dir=frames_dir, partial=partial)
     present = gallery.existing_ids([i for i, _, _ in items])
     report.present = len(present)
     todo = [it for it in items if it[0] not in present]

@@ -30,17 +30,19 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
 from retrieval.preprocess import ImageLoadError
+from retrieval.printable import visible
 
 VIDEO_SUFFIXES: frozenset[str] = frozenset({".mp4", ".avi", ".mov", ".mkv"})
 NEAR_MAD = 6.0  # grey levels, 32x32 thumbnails (see the module docstring for how it was measured)
 THUMB_SIDE = 32
 FRAME_MAX_SIDE = 640
 JPEG_QUALITY = 90
+MAX_EVERY = 3600.0  # seconds: an endoscopy video is minutes long; more is a typo, not a sampling rate
 _EVERY = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)?\s*$", re.IGNORECASE)
 
 
@@ -70,6 +72,7 @@ class FrameStats:
     sampled: int = 0
     near_duplicates: int = 0
     kept: list[FrameItem] = field(default_factory=list)
+    stopped: Optional[str] = None  # a damaged video: how many frames were decoded, where and why they stop
 
 
 def parse_every(text: str | float) -> float:
@@ -83,6 +86,8 @@ def parse_every(text: str | float) -> float:
         seconds = float(m.group(1)) / (1000.0 if (m.group(2) or "s").lower() == "ms" else 1.0)
     if not math.isfinite(seconds) or seconds < 0.001:
         raise ValueError(f"--every {text!r}: the interval must be at least 1ms")
+    if seconds > MAX_EVERY:  # 1e20 s "worked" (one frame a video) and overflowed the frame grid's arithmetic
+        raise ValueError(f"--every {text!r}: the interval must be at most {MAX_EVERY:.0f}s (one hour)")
     return seconds
 
 
@@ -97,7 +102,8 @@ def format_timestamp(t: float) -> str:
 
 
 def frame_name(video: str | os.PathLike, t: float) -> str:
-    return f"{Path(video).name} @ {format_timestamp(t)}"
+    """`exam.mp4 @ 00:01:23`; a newline or control character in the file name is stored escaped (`\\x0a`)."""
+    return f"{visible(Path(video).name, newlines=False)} @ {format_timestamp(t)}"
 
 
 def display_name(meta: dict, fallback: str = "?") -> str:
@@ -144,13 +150,15 @@ def _why(e: Exception) -> str:
 
 
 def sample_frames(
-    path: str | os.PathLike, every: float = 1.0, near: float = NEAR_MAD
+    path: str | os.PathLike, every: float = 1.0, near: float = NEAR_MAD, stopped: Optional[list[str]] = None
 ) -> Iterator[tuple[float, object, bool]]:
     """(seconds, av.VideoFrame, near-identical?) for each frame sampled on the `every` grid, in order.
 
-    Raises VideoLoadError for an unreadable, empty, audio-only or damaged file.
+    Raises VideoLoadError for an unreadable, empty or audio-only file, or one with no decodable frame.
 
-    A decoding error anywhere fails the whole video: a half-indexed video would look complete."""
+    A video damaged part-way (a cut file, a stream error, a header claiming more than the frames hold) keeps
+    every frame decoded before the damage: with a `stopped` list, one line saying how many frames were
+    decoded, where they stop and why is appended to it; without one, the damage raises VideoLoadError."""
     import av
 
     path = Path(path)
@@ -158,27 +166,32 @@ def sample_frames(
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        due, last, decoded, t = 0.0, None, 0, None
+        due, last, decoded, t, damage = 0.0, None, 0, None, None
         try:
             for frame in container.decode(stream):
                 decoded += 1
-                t = frame.time
-                if t is None or t + 1e-6 < due:
+                t = frame.time if frame.time is not None else t
+                if frame.time is None or frame.time + 1e-6 < due:
                     continue
-                due = (math.floor(t / every + 1e-9) + 1) * every
+                due = (math.floor(frame.time / every + 1e-9) + 1) * every
                 thumb = _thumb(frame)
                 is_near = last is not None and float(np.abs(thumb - last).mean()) < near
                 if not is_near:
                     last = thumb
-                yield round(max(0.0, t), 3), frame, is_near
+                yield round(max(0.0, frame.time), 3), frame, is_near
         except (av.FFmpegError, EOFError) as e:
-            raise VideoLoadError(f"damaged video stream after {decoded} frames ({_why(e)})", path) from None
+            damage = f"the stream is damaged there ({_why(e)})"
         if decoded == 0:
-            raise VideoLoadError("no decodable video frames (truncated?)", path)
-        if container.duration and t is not None and t < container.duration / 1e6 * 0.9 - 1.0:
-            raise VideoLoadError(
-                f"truncated: frames end at {format_timestamp(t)} of {format_timestamp(container.duration / 1e6)}", path
-            )
+            raise VideoLoadError("no decodable video frames (truncated?)" + (f": {damage}" if damage else ""), path)
+        claimed = container.duration / 1e6 if container.duration else None
+        if damage is None and claimed and t is not None and t < claimed * 0.9 - 1.0:
+            damage = f"the file ends there, its header claims {format_timestamp(claimed)} (truncated?)"
+        if damage is not None:
+            where = format_timestamp(max(0.0, t)) if t is not None else "an unknown time"
+            note = f"frames stop at {where} after {decoded} decoded: {damage}"
+            if stopped is None:
+                raise VideoLoadError(f"damaged: {note}", path)
+            stopped.append(note)
     finally:
         container.close()
 
@@ -193,7 +206,8 @@ def extract_frames(
     path = Path(path)
     stats = FrameStats()
     video = str(path.resolve())
-    for t, frame, is_near in sample_frames(path, every, near):
+    stopped: list[str] = []
+    for t, frame, is_near in sample_frames(path, every, near, stopped):
         stats.sampled += 1
         if is_near:
             stats.near_duplicates += 1
@@ -205,7 +219,12 @@ def extract_frames(
             img.thumbnail((FRAME_MAX_SIDE, FRAME_MAX_SIDE))
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_suffix(f".{os.getpid()}.tmp")
-            img.save(tmp, format="JPEG", quality=JPEG_QUALITY)
-            os.replace(tmp, out)  # a killed run never leaves a half-written frame behind
+            try:
+                img.save(tmp, format="JPEG", quality=JPEG_QUALITY)
+                os.replace(tmp, out)  # a killed run never leaves a half-written frame behind
+            except BaseException:  # a full disk: no half-written .tmp left to fill it further
+                tmp.unlink(missing_ok=True)
+                raise
         stats.kept.append(FrameItem(fid, str(out), video, video_sha256, t))
+    stats.stopped = stopped[0] if stopped else None
     return stats

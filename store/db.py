@@ -48,10 +48,12 @@ def connect(path: Path | str) -> sqlite3.Connection:
     return db
 
 
-def connect_read_only(path: Path | str) -> sqlite3.Connection:
-    """A connection that never writes (not even WAL or lock files), for a database on a read-only filesystem."""
-    db = sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?immutable=1", uri=True, isolation_level=None,
-                         check_same_thread=False)
+def connect_read_only(path: Path | str, live: bool = False) -> sqlite3.Connection:
+    """A connection that never writes (not even WAL or lock files), for a database on a read-only filesystem.
+    `live`: read-only but seeing other processes' commits (mode=ro: SQLite may keep its -shm/-wal beside it)."""
+    mode = "mode=ro" if live else "immutable=1"
+    db = sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?{mode}", uri=True, isolation_level=None,
+                         check_same_thread=False, timeout=30)
     db.row_factory = sqlite3.Row
     return db
 

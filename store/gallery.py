@@ -187,6 +187,10 @@ class Gallery:
         try:
             yield
         except InternalError as e:
+            from store.diskfull import NoSpaceError, is_no_space
+
+            if is_no_space(e):  # not damage: free space and rerun (issue 22 row 5)
+                raise NoSpaceError(self.url or self.root) from e
             index = _INDEX_HINT.format(name=self.name)
             if self.url:
                 hint = f"check the server's log, or re-index: `{index}`"

@@ -53,6 +53,14 @@ def m001_initial(db: sqlite3.Connection) -> None:
     db.execute("create index runs_thread_id on runs(thread_id)")
 
 
+@migration
+def m002_run_writer(db: sqlite3.Connection) -> None:
+    """Who writes a run (store/liveness.py): a run left 'running' by a dead process is marked 'interrupted'."""
+    db.execute("alter table runs add column writer_pid integer")
+    db.execute("alter table runs add column writer_host text")
+    db.execute("alter table runs add column writer_start text")
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply pending migrations, each in its own transaction; returns the names applied now.
 

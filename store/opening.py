@@ -65,6 +65,10 @@ def unopenable(name: str, root: Path, e: BaseException) -> BaseException:
     """A store that Chroma cannot open: read-only (to write) or damaged files, in one line; else `e` itself."""
     if not isinstance(e, Exception) or isinstance(e, KgerError):
         return e
+    from store.diskfull import NoSpaceError, is_no_space
+
+    if is_no_space(e):  # a full disk is not damage: moving the store aside would be the wrong advice
+        return NoSpaceError(root)
     first = (str(e).splitlines() or [type(e).__name__])[0]
     if "readonly" in first or isinstance(e, OSError) and e.errno in READ_ONLY_ERRNOS:
         return StoreError(f"Store '{name}' at {root} is read-only ({first}): index into a writable --home")

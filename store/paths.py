@@ -10,8 +10,16 @@ from pathlib import Path
 
 
 def kger_home() -> Path:
-    """The home folder: KGER_HOME when set (tests point it at a tmp dir), else ~/.kger."""
-    return Path(os.environ.get("KGER_HOME") or "~/.kger").expanduser()
+    """The home folder: KGER_HOME when set (tests point it at a tmp dir), else ~/.kger.
+
+    Set but empty (a script's unset variable: `KGER_HOME=$HOEM kger ...`) is an error, not ~/.kger: the
+    script would otherwise read and write the real home without a word."""
+    value = os.environ.get("KGER_HOME")
+    if value is not None and not value.strip():
+        from retrieval.errors import InputError
+
+        raise InputError("KGER_HOME is set but empty: give it a folder, or unset it to use ~/.kger")
+    return Path(value or "~/.kger").expanduser()
 
 
 def _home(home: Path | None) -> Path:

@@ -1,7 +1,8 @@
 """Trace records: one row per run (a question, a chat turn, a batch, an eval) and its ordered events.
 
 A run is started before the graph runs and each event is committed as it happens, so a crash keeps
-everything up to the crash (status stays 'running'). Events store what each step saw and returned,
+everything up to the crash (status stays 'running'; the next open that finds the writing process gone marks it
+'interrupted', store/liveness.py). Events store what each step saw and returned,
 including what the LLM said, so showing a trace never calls a model. Every value is passed through
 ``store.redact.record`` first: JSON-able, no API key.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.errors import KgerError
+from store import liveness
 from store.db import LockedDB, ReadOnlyStateError, connect_read_only, open_db, to_utc_text, utcnow
 from store.migrations import migrate
 from store.paths import traces_db_path
@@ -24,6 +26,7 @@ from store.redact import record, scrub_text
 
 KINDS = ("ask", "chat", "batch", "eval")
 FINAL_STATUSES = ("ok", "error")
+INTERRUPTED_ERROR = "interrupted: the process writing this run ended before it finished"
 _JSON_COLUMNS = ("models", "answer", "timings")
 _HEX = re.compile(r"^[0-9a-f]+$")
 
@@ -48,7 +51,12 @@ def _text(value: Any) -> str | None:
 
 
 def _row(row: sqlite3.Row) -> dict:
+    """A run as a dict; a 'running' run whose writer is gone reads as 'interrupted' (a read-only reader
+    cannot mark it, the next writer will)."""
     out = dict(row)
+    if out.get("status") == "running" and liveness.is_dead(
+            out.get("writer_pid"), out.get("writer_host"), out.get("writer_start")):
+        out["status"], out["error"] = "interrupted", out.get("error") or INTERRUPTED_ERROR
     for column in _JSON_COLUMNS:
         if out.get(column) is not None:
             out[column] = json.loads(out[column])
@@ -60,20 +68,62 @@ def _functions(db: sqlite3.Connection) -> sqlite3.Connection:
     return db
 
 
+def _open_current_read_only(path: Path) -> sqlite3.Connection | None:
+    """A read-only connection when every migration is applied; None when the schema needs work (or the file
+    is damaged), which the normal open then does (migrates, or moves the damaged file aside)."""
+    from store.migrations import MIGRATIONS
+
+    try:
+        db = _functions(connect_read_only(path, live=True))
+    except sqlite3.DatabaseError:
+        return None
+    try:
+        applied = {r[0] for r in db.execute("select name from _kger_migrations")}
+    except sqlite3.DatabaseError:
+        applied = set()
+    if all(fn.__name__ in applied for fn in MIGRATIONS):
+        return db
+    db.close()
+    return None
+
+
 class TraceDB(LockedDB):
     """traces.db (``HOME/traces.db`` by default). One connection, guarded by a lock: safe to share
     between the threads of one process; other processes wait on SQLite's 30 s busy timeout."""
 
-    def __init__(self, path: Path | str | None = None):
+    def __init__(self, path: Path | str | None = None, *, reader: bool = False):
+        """`reader`: for commands that only read (trace list, show, export): an existing database whose schema
+        is current is opened read-only, so reading never writes to it (no migration, no journal change)."""
         self.path = traces_db_path() if path is None else path
         self._lock = threading.RLock()
         self.read_only = False  # a trace database on a read-only filesystem: listed and shown, never written
+        if reader and Path(self.path).is_file():
+            self._db = _open_current_read_only(Path(self.path))
+            if self._db is not None:
+                self.read_only = True
+                return
         try:  # a damaged file is kept aside and a fresh one started (store.db.open_db says so)
             self._db = open_db(self.path, "the trace database", lambda db: migrate(_functions(db)))
         except ReadOnlyStateError:
             if not Path(self.path).is_file():
                 raise
             self._db, self.read_only = _functions(connect_read_only(self.path)), True
+            return
+        self.mark_interrupted()
+
+    def mark_interrupted(self) -> int:
+        """Mark 'interrupted' every run still 'running' whose writing process is gone (store/liveness.py);
+        runs of live processes, of other hosts and of unknown writers are left alone. Returns how many."""
+        with self._lock:
+            rows = self._db.execute("select id, writer_pid, writer_host, writer_start from runs"
+                                    " where status = 'running' and writer_pid is not null").fetchall()
+            dead = [r["id"] for r in rows if liveness.is_dead(r["writer_pid"], r["writer_host"], r["writer_start"])]
+            for run_id in dead:
+                self._db.execute(
+                    "update runs set status = 'interrupted', finished = ?, error = coalesce(error, ?)"
+                    " where id = ? and status = 'running'",
+                    (utcnow(), INTERRUPTED_ERROR, run_id))
+        return len(dead)
 
     def _write(self, sql: str, params: tuple) -> sqlite3.Cursor:
         with self._lock:
@@ -98,10 +148,10 @@ class TraceDB(LockedDB):
             raise ReadOnlyStateError(f"{self.path} is read-only: this run cannot be recorded")
         run_id = uuid.uuid4().hex
         self._write(
-            "insert into runs (id, created, thread_id, kind, input, llm, store, bundle, models, status)"
-            " values (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+            "insert into runs (id, created, thread_id, kind, input, llm, store, bundle, models, status,"
+            " writer_pid, writer_host, writer_start) values (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)",
             (run_id, utcnow(), _text(thread_id), kind, _text(input), _text(llm), _text(store), _text(bundle),
-             _dump(models)),
+             _dump(models), *liveness.me()),
         )
         return run_id
 
@@ -138,11 +188,12 @@ class TraceDB(LockedDB):
             raise UnknownRunError(f"No run {run_id!r} in {self.path}")
 
     # -- pruning -------------------------------------------------------------------------------
-    def prune(self, before: datetime) -> dict:
+    def prune(self, before: datetime, dry_run: bool = False) -> dict:
         """Delete the runs started before `before` with their events, in one transaction; then VACUUM.
 
         Returns the counts and the conversation threads no remaining run refers to (a chat thread whose
-        later turns are kept stays), so the caller can drop their checkpoints too."""
+        later turns are kept stays), so the caller can drop their checkpoints too. `dry_run`: the same
+        counts, the transaction rolled back."""
         cutoff = to_utc_text(before)
         with self._lock:
             self._db.execute("begin immediate")
@@ -156,10 +207,12 @@ class TraceDB(LockedDB):
                 runs = self._db.execute("delete from runs where created < ?", (cutoff,)).rowcount
                 kept = {r[0] for r in self._db.execute(
                     "select distinct thread_id from runs where thread_id is not null")}
-                self._db.execute("commit")
+                self._db.execute("rollback" if dry_run else "commit")
             except BaseException:
                 self._db.execute("rollback")
                 raise
+            if dry_run:
+                return {"runs": runs, "events": events, "threads": sorted(threads - kept)}
             self._db.execute("vacuum")
             self._db.execute("pragma wal_checkpoint(truncate)")
         return {"runs": runs, "events": events, "threads": sorted(threads - kept)}

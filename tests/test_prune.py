@@ -77,5 +77,9 @@ def test_trace_prune_drops_old_runs_events_and_threads(word_searcher):
     assert r.exit_code == 2 and "not a date" in r.output
     soon = (datetime.now() + timedelta(minutes=1)).isoformat(timespec="minutes")  # an ISO date-time, local
     r = runner.invoke(app, ["trace", "prune", "--before", soon])
+    assert r.exit_code == 1 and "in the future" in r.output and "--yes" in r.output  # issue 22 row 6
+    r = runner.invoke(app, ["trace", "prune", "--before", soon, "--dry-run", "--yes", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["runs"] == 2 and json.loads(r.stdout)["dry_run"]
+    r = runner.invoke(app, ["trace", "prune", "--before", soon, "--yes"])
     assert r.exit_code == 0 and "Removed 2 runs" in r.stdout and "freed" in r.stdout
     assert _threads() == {}

@@ -36,7 +36,7 @@ def new_run(traces: TraceDB, text: str = "left ear drum, bulging", **kw) -> str:
 
 def test_schema_is_exactly_this():
     db = connect(":memory:")
-    assert migrate(db) == ["m001_initial"]
+    assert migrate(db) == ["m001_initial", "m002_run_writer"]
     assert columns(db, "runs") == [
         ("id", "text", 0, 1),
         ("created", "text", 1, 0),
@@ -52,6 +52,9 @@ def test_schema_is_exactly_this():
         ("timings", "text", 0, 0),
         ("error", "text", 0, 0),
         ("finished", "text", 0, 0),
+        ("writer_pid", "integer", 0, 0),  # who writes the run: a dead writer's run is 'interrupted'
+        ("writer_host", "text", 0, 0),
+        ("writer_start", "text", 0, 0),
     ]
     assert columns(db, "events") == [
         ("run_id", "text", 1, 1),
@@ -141,7 +144,7 @@ def test_events_survive_a_crash(tmp_path):
     run_id = out.stdout.split()[0]
     with TraceDB(path) as traces:
         run = traces.get_run(run_id)
-    assert run["status"] == "running" and run["finished"] is None
+    assert run["status"] == "interrupted" and run["finished"]  # its process is gone (issue 22 row 7)
     assert [e["payload"] for e in run["events"]] == [{"step": 1}, {"step": 2}]
 
 

@@ -118,12 +118,63 @@ def test_broken_videos_fail_with_one_line_reason(real_images, tmp_path, make, re
     assert reason in str(e.value) and "\n" not in str(e.value)
 
 
-def test_truncated_matroska_is_refused_not_half_indexed(real_images, tmp_path):
-    whole = write_video(tmp_path / "whole.mkv", real_images[:6], seconds_each=2, fps=5, codec="libx264")
-    cut = tmp_path / "cut.mkv"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
-    with pytest.raises(VideoLoadError, match="truncated"):
-        list(sample_frames(cut))
+def small_mkv(path: Path, seconds: int = 10, fps: int = 5) -> Path:
+    """64x48, a different grey each frame (no two samples near-identical): small and fast to write."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(seconds * fps):
+            img = np.full((48, 64, 3), (i * 7) % 256, np.uint8)
+            img[:, (i * 3) % 64] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def claim_duration(path: Path, out: Path, ms: float) -> Path:
+    """A copy whose Matroska header (the Duration element, 0x4489, an 8-byte float) claims `ms` milliseconds."""
+    import struct
+
+    data = path.read_bytes()
+    at = data.find(b"\x44\x89\x88")
+    assert at > 0, "no 8-byte Duration element"
+    out.write_bytes(data[: at + 3] + struct.pack(">d", ms) + data[at + 11:])
+    return out
+
+
+def cut_at(path: Path, out: Path, seconds: float) -> Path:
+    """A copy cut a few bytes into the first packet at or after `seconds` (a copy that stopped there)."""
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        pos = next(p.pos for p in c.demux(stream) if p.pts is not None and p.pts * stream.time_base >= seconds)
+    out.write_bytes(path.read_bytes()[: pos + 7])
+    return out
+
+
+def test_a_header_claiming_10_min_keeps_all_10_s_of_frames_and_says_so(tmp_path):
+    whole = small_mkv(tmp_path / "whole.mkv")
+    long = claim_duration(whole, tmp_path / "claims-10min.mkv", 600_000.0)
+    stopped: list[str] = []
+    times = [t for t, _, _ in sample_frames(long, stopped=stopped)]
+    assert times == [float(s) for s in range(10)]
+    assert len(stopped) == 1 and "50 decoded" in stopped[0] and "00:00:09.8" in stopped[0]
+    assert "00:10:00" in stopped[0] and "\n" not in stopped[0]
+    stats = extract_frames(long, "ab" * 32, tmp_path / "frames")
+    assert len(stats.kept) == 10 and stats.stopped == stopped[0]
+    with pytest.raises(VideoLoadError, match="damaged: frames stop at 00:00:09.8"):  # no list: strict
+        list(sample_frames(long))
+
+
+def test_a_truncated_matroska_keeps_the_5_s_before_the_cut(tmp_path):
+    cut = cut_at(small_mkv(tmp_path / "whole.mkv"), tmp_path / "cut.mkv", 5.0)
+    stats = extract_frames(cut, "cd" * 32, tmp_path / "frames")
+    assert [f.t for f in stats.kept] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert all(Path(f.path).is_file() for f in stats.kept)
+    assert "frames stop at 00:00:04.8" in stats.stopped and "truncated" in stats.stopped, stats.stopped
+    whole = extract_frames(tmp_path / "whole.mkv", "ef" * 32, tmp_path / "frames")
+    assert whole.stopped is None and len(whole.kept) == 10
 
 
 @pytest.mark.slow
@@ -143,7 +194,7 @@ def test_index_videos_beside_images(real_store, real_images, tmp_path, monkeypat
     first = json.loads(r.stdout)
     assert (first["indexed"], first["already_present"], first["count"]) == (5, 0, 5)
     reasons = {Path(s["path"]).name: s["reason"] for s in first["skipped"]}
-    assert set(reasons) == {"cut.mp4", "voice.mp4"}
+    assert set(reasons) == {"cut.mp4", "voice.mp4"} and first["partial"] == []
     assert reasons["voice.mp4"] == "no video stream (audio only)"
 
     from store.gallery import Gallery
@@ -165,3 +216,23 @@ def test_index_videos_beside_images(real_store, real_images, tmp_path, monkeypat
 
     again = json.loads(runner.invoke(app, args).stdout)  # idempotent: nothing encoded twice
     assert (again["indexed"], again["already_present"], again["count"]) == (0, 5, 5)
+
+
+@pytest.mark.slow
+def test_index_keeps_frames_of_damaged_videos_and_says_where_they_stop(real_store, tmp_path):
+    """issue 22 row 4: both were skipped whole as 'truncated', exit 0; now 10 + 5 frames, each video named."""
+    _, bundle = real_store
+    folder = tmp_path / "exams"
+    folder.mkdir()
+    whole = small_mkv(tmp_path / "whole.mkv")
+    claim_duration(whole, folder / "claims-10min.mkv", 600_000.0)
+    cut_at(whole, folder / "cut.mkv", 5.0)
+    r = runner.invoke(app, ["index", str(folder), "--bundle", str(bundle), "--home", str(tmp_path / "home"),
+                            "--store", "damaged", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert (doc["indexed"], doc["skipped"]) == (15, [])
+    stopped = {Path(p["path"]).name: p["stopped"] for p in doc["partial"]}
+    assert stopped["claims-10min.mkv"].startswith("kept 10 frames; frames stop at 00:00:09.8 after 50 decoded")
+    assert stopped["cut.mkv"].startswith("kept 5 frames; frames stop at 00:00:04.8")
+    assert "partly indexed" in r.stderr

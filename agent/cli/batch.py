@@ -91,8 +91,12 @@ class ResultsWriter:
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: the old file stays whole and no partial .tmp is left
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def submission(lines: list[dict]) -> dict[str, str]:
@@ -107,7 +111,7 @@ def report_runs(lines: list[dict]) -> list[dict]:
 
     runs = []
     path = traces_db_path()
-    db = TraceDB(path) if path.is_file() else None
+    db = TraceDB(path, reader=True) if path.is_file() else None  # a read: never writes traces.db
     try:
         for d in lines:
             run = None
@@ -192,6 +196,10 @@ def batch(
     for path, flag in ((out, "--out"), (submission_path, "--submission"), (report, "--report")):
         if path is not None:
             out_file(path, flag)
+    from agent.outputs import require_distinct
+    from store.diskfull import is_no_space
+
+    require_distinct({"QUERIES": queries, "--out": out, "--submission": submission_path, "--report": report})
     if str(queries) == "-":
         queries = _stdin_queries()
     parsed = read_queries(queries)
@@ -229,6 +237,8 @@ def batch(
                         doc = (answer_line(q, answer, store, k) if answer.status == "ok"
                                else error_line(q, answer, llm, store, k))
                     except Exception as e:  # one bad query must not stop the other hundreds
+                        if is_no_space(e):  # ... but a full disk stops them all: nothing more can be kept
+                            raise
                         doc = error_line(q, e, llm, store, k)
                     if doc["error"]:
                         stats["failed"] += 1

@@ -100,6 +100,7 @@ class KgerGroup(TyperGroup):
         except Exception as e:
             if os.environ.get("KGER_DEBUG"):
                 raise
+            e = _no_space(e) or e  # a full disk, whichever layer noticed it: one line naming the place
             if not isinstance(e, _user_errors()):  # a bug: say so, keep the traceback in a crash file
                 err_console.print(f"Internal error (a bug in kger, not your input): {type(e).__name__}. "
                                   f"{crash_report(e, ctx.invoked_subcommand)}", markup=False, soft_wrap=True)
@@ -110,6 +111,18 @@ class KgerGroup(TyperGroup):
                 msg = f"{e.path}: {msg}"
             err_console.print(literal(f"Error: {msg}", limit=ERROR_CHARS), soft_wrap=True)
             raise typer.Exit(1) from None
+
+
+def _no_space(e: BaseException):
+    """store.diskfull's NoSpaceError for a full disk (ENOSPC, SQLITE_FULL, Chroma's wording), else None."""
+    from store.diskfull import no_space_error
+    from store.paths import kger_home
+
+    try:
+        where = kger_home()
+    except InputError:
+        where = Path.cwd()
+    return no_space_error(e, where)
 
 
 def crash_report(e: BaseException, command: Optional[str] = None) -> str:
@@ -126,7 +139,7 @@ def crash_report(e: BaseException, command: Optional[str] = None) -> str:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"crash-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}.txt"
         path.write_text(f"kger {command or ''} crashed\n\n{text}", encoding="utf-8")
-    except OSError as write_error:
+    except (OSError, InputError) as write_error:  # InputError: an empty KGER_HOME
         return f"The traceback could not be saved ({write_error}); rerun with KGER_DEBUG=1 to see it."
     return f"Traceback saved to {path} (please include it in a bug report; KGER_DEBUG=1 prints it)."
 
@@ -135,6 +148,8 @@ def set_home(home: Optional[Path]) -> Path:
     """Make --home the one place every module reads (store.paths.kger_home reads KGER_HOME)."""
     from agent.cli.checks import home_dir
 
+    if home is not None and not str(home).strip():  # KGER_HOME=" " reaches here as --home
+        raise InputError("--home (or KGER_HOME) is blank: give it a folder, or unset KGER_HOME to use ~/.kger")
     if home is not None:
         os.environ["KGER_HOME"] = str(home_dir(Path(home).expanduser()).resolve())
     from store.paths import kger_home

@@ -79,7 +79,7 @@ def index(
         task = bar.add_task("Indexing", total=None)
         hooks = dict(
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
-            on_skip=lambda p, why: err_console.print(line("[yellow]skipped[/yellow] ", literal(f"{p}: {why}"))),
+            on_skip=lambda p, why: err_console.print(line("[yellow]skipped[/yellow] ", literal(f"{p}: {why}", newlines=False))),
             every=every_s, frames_dir=home_dir / "frames",
         )
         if ray:
@@ -89,10 +89,13 @@ def index(
                                   batch_size, hooks)
         else:
             report = index_images(loaded.ensemble, gallery, images, labels=label_map, batch_size=batch_size,
-                                  trust=loaded.trust, **hooks)
+                                  trust=loaded.trust, on_partial=lambda p, note: err_console.print(line(
+                                      "[yellow]partly indexed[/yellow] ", literal(f"{p}: {note}", newlines=False))),
+                                  **hooks)
     summary = {
         "store": store, "indexed": report.indexed, "already_present": report.present,
         "skipped": [{"path": p, "reason": r} for p, r in report.skipped],
+        "partial": [{"path": p, "stopped": note} for p, note in report.partial],
         "duplicates": [{"path": p, "same_as": s} for p, s in report.duplicates],
         "count": gallery.count(), "bundle": loaded.fingerprint, "trusted_predictions": report.trusted,
     }

@@ -9,7 +9,7 @@ Nothing is recomputed by a model, so an audit is reproducible and works offline.
 from __future__ import annotations
 
 import json
-from datetime import datetime, time as dtime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -21,6 +21,7 @@ from agent.cli.common import HomeOpt, JsonOpt, err_console, out_console, print_j
 from agent.core.audit import load_run, local_time, open_traces, run_view
 from agent.core.render import literal
 from agent.core.report import class_text
+from retrieval.errors import InputError
 
 app = typer.Typer(help="Inspect stored runs: what each step saw, scored and decided (no model is called).",
                   no_args_is_help=True)
@@ -31,19 +32,12 @@ app = typer.Typer(help="Inspect stored runs: what each step saw, scored and deci
 
 def parse_when(value: Optional[str], end_of_day: bool = False) -> Optional[datetime]:
     """ISO date or date-time (local time unless it names a zone), or a span back from now: 30m, 2h, 7d."""
-    if not value:
-        return None
-    v = value.strip()
-    units = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-    if len(v) > 1 and v[-1].lower() in units and v[:-1].isdigit():
-        return datetime.now().astimezone() - timedelta(**{units[v[-1].lower()]: int(v[:-1])})
+    from store.when import parse_when as parse
+
     try:
-        when = datetime.fromisoformat(v)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a date (YYYY-MM-DD, YYYY-MM-DDTHH:MM or 30m / 2h / 7d)") from None
-    if end_of_day and len(v) == 10:  # a bare date as the upper bound includes that whole day
-        when = datetime.combine(when.date(), dtime.max)
-    return when
+        return parse(value, end_of_day) if value else None
+    except InputError as e:
+        raise typer.BadParameter(str(e)) from None
 
 
 @app.command("list")
@@ -144,6 +138,8 @@ def export(
 def prune(
     before: Annotated[str, typer.Option("--before", help="Remove runs started before DATE (YYYY-MM-DD[THH:MM]) or "
                                                        "older than an age: 30m, 2h, 7d, 4w.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Allow a cutoff in the future (it removes every run).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")] = False,
     home: HomeOpt = None,
     json_out: JsonOpt = False,
 ):
@@ -151,13 +147,29 @@ def prune(
     set_home(home)
     from store.checkpoints import db_size, prune_checkpoints
     from store.paths import checkpoints_db_path
+    from store.when import FutureCutoffError, prune_cutoff
 
-    when = parse_when(before)
+    try:
+        when = prune_cutoff(before, yes)
+    except FutureCutoffError:
+        raise
+    except InputError as e:  # a malformed value is a usage error, as for `trace list --since`
+        raise typer.BadParameter(str(e), param_hint="--before") from None
     ck = checkpoints_db_path()
-    with open_traces() as db:
+    with open_traces(reader=False) as db:
         paths = [Path(db.path), ck]
         sizes = [db_size(p) for p in paths]
-        removed = db.prune(when)
+        removed = db.prune(when, dry_run=dry_run)
+    if dry_run:
+        doc = {"before": when.isoformat(), "dry_run": True, "runs": removed["runs"], "events": removed["events"],
+               "threads": len(removed["threads"]), "traces_db": str(paths[0]), "checkpoints_db": str(ck)}
+        if json_out:
+            print_json(doc)
+        else:
+            out_console.print(f"Would remove {removed['runs']} runs, {removed['events']} events and "
+                              f"{len(removed['threads'])} conversation threads started before "
+                              f"{local_time(doc['before'])} (--dry-run: nothing removed).")
+        return
     threads = prune_checkpoints(ck, removed["threads"])
     freed = sum(sizes) - sum(db_size(p) for p in paths)
     doc = {"before": when.isoformat(), "runs": removed["runs"], "events": removed["events"], "threads": threads,

@@ -23,15 +23,16 @@ from agent.core.report import call_text, class_text, fmt_num
 # ------------------------------------------------------------------------------------------- reading
 
 
-def open_traces():
-    """The trace database; a missing one is a user error (never created by a read-only command)."""
+def open_traces(reader: bool = True):
+    """The trace database; a missing one is a user error (never created by a read-only command). A `reader`
+    never writes to it (issue 22: `trace list` changed traces.db)."""
     from store.paths import traces_db_path
     from store.traces import TraceDB
 
     path = traces_db_path()
     if not path.is_file():
         raise FileNotFoundError(f"No trace database at {path}: run `kger ask TEXT` or `kger chat` first")
-    return TraceDB(path)
+    return TraceDB(path, reader=reader)
 
 
 def load_run(run_id: str) -> dict:

@@ -10,28 +10,23 @@ What is shortened is only what the screen shows: traces and `--json` keep every 
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Optional
 
 from rich.text import Text
 
+from retrieval.printable import visible
+
 SCREEN_CHARS = 300  # a heading or a table cell; the full text stays in the trace and in --json
 BLOCK_CHARS = 4000  # a paragraph of its own (trace show's input, a judge's raw answer)
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-def _visible(match: re.Match) -> str:
-    return f"\\x{ord(match.group()):02x}" if ord(match.group()) < 0x100 else f"\\u{ord(match.group()):04x}"
 
 
 def clean(value: Any, limit: Optional[int] = SCREEN_CHARS, newlines: bool = True) -> str:
     """The plain string the screen shows: control and bidi-override characters as `\\xNN`, at most `limit`
     characters (then '... (N more characters)'); `newlines=False` shows line breaks as `\\n` too."""
     s = "" if value is None else str(value)
-    s = s.replace("\r\n", "\n")
     if not newlines:
-        s = s.replace("\n", "\\n").replace("\t", " ")
-    s = _CONTROL.sub(_visible, s)
+        s = s.replace("\t", " ")
+    s = visible(s, newlines)
     if limit is not None and len(s) > limit:
         s = f"{s[:limit]}... ({len(s) - limit:,} more characters)"
     return s

@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any, Iterable, Optional
 
 from agent.core.events import read_events
+from retrieval.printable import visible
 
 THUMB_SIDE = 160  # px, longest side of an inlined thumbnail
 THUMB_QUALITY = 80  # JPEG quality
@@ -38,8 +39,9 @@ dl{display:grid;grid-template-columns:max-content 1fr;gap:.1rem 1rem;margin:.4re
 
 
 def e(value: Any) -> str:
-    """Escaped text for element content and attribute values alike."""
-    return html.escape("" if value is None else str(value), quote=True)
+    """Escaped text for element content and attribute values alike; a NUL or other control character is
+    shown as `\\xNN`, never written raw (retrieval/printable.py)."""
+    return html.escape(visible("" if value is None else str(value)), quote=True)
 
 
 @lru_cache(maxsize=512)
