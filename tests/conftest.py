@@ -19,14 +19,22 @@ import retrieval  # noqa: F401  (first: sets the OpenMP wait policy before any t
 from hypothesis import settings
 from retrieval.errors import InputError
 
+IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")  # CI=true: set by .ci/run
+
 # CI runs the property tests on a fixed set of examples (a failure there is reproducible); elsewhere they explore.
 settings.register_profile("ci", derandomize=True)
-if os.environ.get("CI"):
+if IN_CI:
     settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parents[1]
-ENTREP = Path(os.environ.get("KGER_ENTREP_DIR", ROOT.parent / "shared" / "data" / "entrep"))
+# The real ENTRep data, found one way by every test: KGER_ENTREP_DIR, else ../shared/data/entrep beside the project.
+ENTREP = Path(os.environ.get("KGER_ENTREP_DIR") or ROOT.parent / "shared" / "data" / "entrep")
 ENTREP_TRAIN = ENTREP / "train"
+ANNOTATIONS = ENTREP / "annotations" / "data"
+T2I_JSON = ANNOTATIONS / "train" / "train" / "t2i.json"
+# Everything under ENTREP that some test reads; CI must have all of it (see pytest_configure).
+ENTREP_NEEDED = (ENTREP_TRAIN / "imgs", ENTREP_TRAIN / "cls.json", T2I_JSON, T2I_JSON.with_name("cls.json"),
+                 ANNOTATIONS / "Track3_Public" / "t2i.csv", ANNOTATIONS / "train.csv")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -40,6 +48,27 @@ import sitecustomize as netguard  # noqa: E402  (tests/netguard/sitecustomize.py
 
 netguard.install()
 sys.path.remove(str(NETGUARD))
+
+
+def _no_data_reason(path: Path) -> str:
+    return f"real ENTRep data not found: {path} (set KGER_ENTREP_DIR, or put shared/data/entrep beside the project)"
+
+
+def pytest_configure(config) -> None:
+    """Under CI a missing data folder stops the run before it starts, with one line ("ERROR: CI=true: ...") and
+    exit status 4: silently skipping the ~120 tests on real images would pass a fifth of the suite untested.
+    Elsewhere those tests skip, each saying why (need_entrep)."""
+    missing = [p for p in ENTREP_NEEDED if not p.exists()]
+    if IN_CI and missing:
+        raise pytest.UsageError(f"CI=true: {_no_data_reason(missing[0])}")
+
+
+def need_entrep(path: Path) -> Path:
+    """`path` (a file or folder under ENTREP) if it is there; if not, the test skips saying where it looked,
+    or fails under CI (where pytest_configure has normally stopped the run already)."""
+    if not path.exists():
+        (pytest.fail if IN_CI else pytest.skip)(_no_data_reason(path))
+    return path
 
 
 @pytest.fixture(autouse=True)
@@ -142,9 +171,9 @@ def word_searcher(tmp_path) -> WordSearcher:
 
 @pytest.fixture(scope="session")
 def entrep_train() -> Path:
-    """The 70 real ENTRep images (imgs/ + cls.json); skips where ../shared is absent."""
-    if not (ENTREP_TRAIN / "imgs").is_dir() or not (ENTREP_TRAIN / "cls.json").is_file():
-        pytest.skip(f"real ENTRep data not found at {ENTREP_TRAIN} (needs ../shared/data beside the project)")
+    """The 70 real ENTRep images (imgs/ + cls.json); skips where the data is absent (fails under CI)."""
+    need_entrep(ENTREP_TRAIN / "imgs")
+    need_entrep(ENTREP_TRAIN / "cls.json")
     return ENTREP_TRAIN
 
 

@@ -13,11 +13,10 @@ from typer.testing import CliRunner
 
 from agent.cli import app
 from agent.core.queries import read_ground_truth, read_queries
+from conftest import ANNOTATIONS, T2I_JSON, need_entrep as need  # the one way tests find the real data
 
 runner = CliRunner()
-ANNOTATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "entrep" / "annotations" / "data"
 T2I_CSV = ANNOTATIONS / "Track3_Public" / "t2i.csv"
-T2I_JSON = ANNOTATIONS / "train" / "train" / "t2i.json"
 TRAIN_CSV = ANNOTATIONS / "train.csv"
 
 # One plain description per ENTRep class: relevant = every image of that class in the store.
@@ -39,12 +38,6 @@ def store_home(store_factory) -> Path:
 
 def lines_of(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def need(path: Path) -> Path:
-    if not path.is_file():
-        pytest.skip(f"real ENTRep annotations not found at {path}")
-    return path
 
 
 # -- readers -------------------------------------------------------------------------------------------------
@@ -109,8 +102,7 @@ def test_t2i_json_keys_are_the_queries():
     assert [q.text for q in parsed.items] == list(doc) and len(doc) == 71
     assert parsed.skipped == []
     # the Track 3 public query list is the same 71 strings in the same order
-    if T2I_CSV.is_file():
-        assert [q.text for q in read_queries(T2I_CSV).items] == list(doc)
+    assert [q.text for q in read_queries(need(T2I_CSV)).items] == list(doc)
 
 
 def test_unknown_suffix_and_bad_json_are_user_errors(tmp_path):

@@ -21,7 +21,7 @@ from agent.core.evaluate import (
 from agent.posfuse import FuseConfig
 from agent.core.queries import Truth
 from agent.state import Answer, AnswerRow
-from test_cli_batch import CLASS_QUERIES, T2I_JSON, lines_of
+from test_cli_batch import CLASS_QUERIES, T2I_JSON, lines_of, need
 
 runner = CliRunner()
 
@@ -173,9 +173,9 @@ def test_labelled_store_human_table_shows_stages_deltas_and_the_label_note(store
 
 
 def test_entrep_t2i_ground_truth_excludes_queries_whose_image_is_not_here(store_home, entrep_train):
-    if not T2I_JSON.is_file():
-        pytest.skip(f"real ENTRep annotations not found at {T2I_JSON}")
     from store.gallery import Gallery
+
+    need(T2I_JSON)
 
     gt = json.loads(T2I_JSON.read_text())
     with Gallery.open("default", home=store_home) as g:

@@ -17,10 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from tests.conftest import ROOT, ChromaServer
+from tests.conftest import ROOT, T2I_JSON, ChromaServer, need_entrep
 
 runner = CliRunner()
-T2I_JSON = ROOT.parent / "shared" / "data" / "entrep" / "annotations" / "data" / "train" / "train" / "t2i.json"
 KEYS = {"GOOGLE_API_KEY": "AIzaGOOGLEsecretKEY0123456789", "GEMINI_API_KEY": "AIzaGEMINIsecretKEY987654321"}
 
 
@@ -42,8 +41,7 @@ def latest(path: Path) -> dict[str, dict]:
 
 def test_a_chroma_server_killed_mid_batch_leaves_error_lines_and_a_rerun_completes(real_store, entrep_train,
                                                                                    tmp_path):
-    if not T2I_JSON.is_file():
-        pytest.skip(f"real ENTRep annotations not found at {T2I_JSON}")
+    need_entrep(T2I_JSON)
     _, bundle = real_store
     home = tmp_path / "home"
     server = ChromaServer(tmp_path / "chroma").start()
@@ -125,19 +123,27 @@ def test_a_store_failure_mid_turn_is_an_error_answer_not_an_empty_one(store_home
 
 
 def test_bad_tool_arguments_stay_a_tool_error(store_home):
-    """A planner's invalid filter is the one tool failure the graph absorbs (the trace keeps it)."""
+    """A planner's invalid filter is the one tool failure the graph absorbs (the trace keeps it): the other call
+    answers, and the trace's retrieve event names the bad region. The description pins no region, so the
+    hard constraint (agent/constraints.py) has nothing to put in the bad filter's place: the tool gets 'mouth'."""
     from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
     from langchain_core.messages import AIMessage
 
     from agent.assistant import Assistant
     from agent.judges.offline import OfflineJudge
+    from store.traces import TraceDB
 
     bad = GenericFakeChatModel(messages=iter([AIMessage(content="", tool_calls=[
         {"name": "retrieve", "args": {"query": "throat", "region": "mouth"}, "id": "c1", "type": "tool_call"},
-        {"name": "retrieve", "args": {"query": "throat"}, "id": "c2", "type": "tool_call"}])]))
+        {"name": "retrieve", "args": {"query": "throat", "region": "throat"}, "id": "c2", "type": "tool_call"}])]))
     base = Assistant.open("default", k=3, persist=False)
-    ans = Assistant(searcher=base.searcher, planner=bad, judge=OfflineJudge(), k=3).ask("throat")
+    with TraceDB(store_home / "traces.db") as db:
+        ans = Assistant(searcher=base.searcher, planner=bad, judge=OfflineJudge(), k=3, traces=db).ask("white patches")
+        run = db.get_run(ans.run_id)
     assert ans.status == "ok" and ans.rows[0].label == "throat"
+    [retrieve] = [ev["payload"] for ev in run["events"] if (ev["node"], ev["kind"]) == ("retrieve", "candidates")]
+    assert len(retrieve["errors"]) == 1 and "region" in retrieve["errors"][0], retrieve["errors"]
+    assert "'mouth'" in retrieve["errors"][0], retrieve["errors"]
 
 
 def test_a_bug_is_an_internal_error_with_a_scrubbed_crash_file(store_home, monkeypatch):

@@ -49,12 +49,53 @@ def kger(*args, home=None):
 def one_line_error(result, *words: str) -> str:
     """Exit 1, no traceback, one 'Error: ...' line on stderr that holds every word."""
     assert result.exit_code == 1, (result.exit_code, result.output)
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output, result.output
+    # an exception the CLI let escape (CliRunner catches it: exit 1, nothing printed) is not a clean exit 1
+    assert result.exception is None or (isinstance(result.exception, SystemExit) and result.exception.code == 1), \
+        repr(result.exception)
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
     assert len(lines) == 1, result.stderr
     for w in words:
         assert w in lines[0], (w, lines[0])
     return lines[0]
+
+
+def _fake_cli(body):
+    """A one-command Typer app running `body`, invoked as the tests invoke kger."""
+    import typer
+
+    fake = typer.Typer()
+    fake.command()(body)
+    return runner.invoke(fake, [])
+
+
+def _clean_exit():
+    print("Error: no run matches 'x'", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def _traceback_then_exit():
+    print('Traceback (most recent call last):\n  File "x.py", line 1, in <module>\nValueError: x', file=sys.stderr)
+    _clean_exit()
+
+
+def _escaped_exception():
+    print("Error: no run matches 'x'", file=sys.stderr)
+    raise ValueError("no run matches 'x'")
+
+
+def test_one_line_error_passes_a_clean_exit_and_fails_a_traceback_or_an_escaped_exception():
+    """The helper above is the check of about 13 tests: it must be able to fail."""
+    assert one_line_error(_fake_cli(_clean_exit), "no run") == "Error: no run matches 'x'"
+    traced = _fake_cli(_traceback_then_exit)
+    # all else as a clean exit 1: only the traceback can fail it
+    assert traced.exit_code == 1 and sum(ln.startswith("Error:") for ln in traced.stderr.splitlines()) == 1
+    with pytest.raises(AssertionError, match="Traceback"):
+        one_line_error(traced, "no run")
+    escaped = _fake_cli(_escaped_exception)
+    assert escaped.exit_code == 1 and "Traceback" not in escaped.output
+    with pytest.raises(AssertionError, match="ValueError"):
+        one_line_error(escaped, "no run")
 
 
 def traced_runs(searcher, *questions: str) -> list:
@@ -161,7 +202,11 @@ def test_row4_a_damaged_trace_database_is_kept_and_replaced(word_searcher, kger_
     assert len(kept) == 1 and kept[0].stat().st_size == 100  # the damaged bytes are kept, not overwritten
     assert "No runs" in r.stderr
     one_line_error(kger("trace", "show", run.run_id[:12]), "No run")
-    assert traced_runs(word_searcher, "right ear")  # answering (and tracing) works again
+    # answering and tracing work again: the new run reads back from the recreated database
+    again = traced_runs(word_searcher, "right ear")[0]
+    with TraceDB(db) as fresh:
+        assert fresh.get_run(again.run_id)["input"] == "right ear"
+        assert [r["id"] for r in fresh.list_runs(limit=5)] == [again.run_id]
 
 
 def test_row4_ask_survives_damaged_traces_and_checkpoints(real_store, tmp_path):
@@ -244,8 +289,9 @@ def test_row6_a_reader_needs_no_lock_file_where_none_can_be_made(tmp_path, monke
     monkeypatch.setattr(locks.os, "open", read_only_fs)
     with locks.StoreLock(tmp_path / "store.lock", exclusive=False, timeout=0):
         pass
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as raised:  # a writer gets the read-only error itself, not some other OSError
         locks.StoreLock(tmp_path / "store.lock", exclusive=True, timeout=0).acquire()
+    assert raised.value.errno == errno.EROFS and "Read-only file system" in str(raised.value)
 
 
 # -- rows 7-14: inputs validated at the edge ----------------------------------------------------------------

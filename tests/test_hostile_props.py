@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import unicodedata
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -73,18 +74,42 @@ def test_ask_trace_and_render_round_trip(word_searcher, text):
     assert listed[0]["input"] == text
 
 
+def _visible(text: str) -> bool:
+    """Some character that is neither whitespace nor a control character: a description with words in it."""
+    return any(not (c.isspace() or unicodedata.category(c) == "Cc") for c in text)
+
+
 @FIXTURES
 @given(text=description)
 def test_chat_turns_never_raise(word_searcher, text):
+    """Each turn answers: a description with anything visible in it gets a table, its input kept as typed
+    (less the surrounding spaces the prompt drops), and 'why is 1 first?' explains it from the trace; a slash
+    command, or a description of control characters only, gets its one-line hint (or the command's output)."""
     from agent.cli.chat import ChatSession
 
-    out, err = Console(file=io.StringIO(), width=100), Console(file=io.StringIO(), width=100)
-    assistant = Assistant(searcher=word_searcher, traces=None, k=2, pool=4, planner=OfflinePlanner(),
-                          judge=OfflineJudge())
-    session = ChatSession(assistant, console=out, err=err)
-    session.handle(text)
-    if not text.strip().startswith("/"):
-        session.handle("why is 1 first?")
+    out, err = Console(file=io.StringIO(), width=100), Console(file=io.StringIO(), width=100_000)
+    with TraceDB(traces_db_path()) as db:
+        assistant = Assistant(searcher=word_searcher, traces=db, k=2, pool=4, planner=OfflinePlanner(),
+                              judge=OfflineJudge())
+        session = ChatSession(assistant, console=out, err=err)
+        going_on = session.handle(text)
+        shown, said = out.file.getvalue(), err.file.getvalue().splitlines()
+        if text.strip().startswith("/"):  # a command: it leaves (/quit), prints its output or one hint line
+            assert going_on or text.strip()[1:].split(" ")[0].lower() in ("quit", "exit", "q")
+            assert not going_on or (shown.strip() and not said) or len(said) == 1, (shown, said)
+            return
+        assert going_on
+        answer = session.last
+        if answer is None:  # no answer: only for text with nothing to search, said in one line
+            assert not _visible(text), (text, shown, said)
+            assert shown.startswith("No image found for ") and len(said) == 1, (shown, said)
+            return
+        assert answer.status == "ok" and len(answer.rows) == 2 and answer.input == text.strip()
+        assert db.get_run(answer.run_id)["input"] == text.strip()
+        assert f"run {answer.run_id}" in shown and "No image found" not in shown
+        before = len(out.file.getvalue())
+        assert session.handle("why is 1 first?")
+        assert "Why #1 " in out.file.getvalue()[before:]
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
 
 import pytest
 
+from conftest import T2I_JSON, need_entrep
 from retrieval.captions import class_captions
 from retrieval.lexicon import (
     CLASSES,
@@ -19,7 +18,6 @@ from retrieval.lexicon import (
     swap_side_text,
 )
 
-ENTREP = Path(os.environ.get("KGER_ENTREP_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "entrep"))
 
 # text -> (site, side, state)
 PHRASINGS = {
@@ -228,11 +226,8 @@ def test_class_description():
 
 def test_real_entrep_descriptions_parse_compatibly_with_their_labels():
     """Each of the 71 official descriptions whose image has a class must keep that class compatible."""
-    ann = ENTREP / "annotations" / "data" / "train" / "train"
-    if not (ann / "t2i.json").is_file() or not (ann / "cls.json").is_file():
-        pytest.skip(f"ENTRep annotations not found at {ann}")
-    t2i = json.loads((ann / "t2i.json").read_text())
-    cls = json.loads((ann / "cls.json").read_text())
+    t2i = json.loads(need_entrep(T2I_JSON).read_text())
+    cls = json.loads(need_entrep(T2I_JSON.with_name("cls.json")).read_text())
     labelled = {text: cls[img] for text, img in t2i.items() if img in cls}
     assert len(labelled) >= 30
     for text, label in labelled.items():

@@ -113,15 +113,15 @@ def test_tracing_variables_send_nothing_from_ask_batch_or_chat(traced_env, tmp_p
     queries.write_text("left ear\nright nasal cavity\n")
     with Sink() as sink:
         env = traced_env(sink.url)
-        r = _run(["ask", "white discharge in the left external auditory canal", "--k", "3"], env)
-        assert r.returncode == 0, r.stderr
-        r = _run(["batch", str(queries), "--out", str(tmp_path / "runs.jsonl")], env)
-        assert r.returncode == 0, r.stderr
-        r = _run(["chat"], env, stdin="left ear\n/quit\n")
-        assert r.returncode == 0, r.stderr
+        done = [_run(["ask", "white discharge in the left external auditory canal", "--k", "3"], env),
+                _run(["batch", str(queries), "--out", str(tmp_path / "runs.jsonl")], env),
+                _run(["chat"], env, stdin="left ear\n/quit\n")]
+        for r in done:
+            assert r.returncode == 0, r.stderr
         assert sum(1 for line in (tmp_path / "runs.jsonl").read_text().splitlines() if line.strip()) == 2
     assert sink.requests == []
-    assert "LangSmith" not in r.stderr
+    for command, r in zip(("ask", "batch", "chat"), done):  # no command announces LangSmith tracing
+        assert "LangSmith" not in r.stderr, (command, r.stderr)
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,15 @@ def test_frame_ids_depend_on_content_and_time_only(real_images, tmp_path):
     assert (one.sampled, one.near_duplicates) == (6, 3)
     assert [f.t for f in one.kept] == [0.0, 2.0, 4.0]
     assert [f.id for f in one.kept] == [frame_id(sha, t) for t in (0.0, 2.0, 4.0)]
+    # Content: a video of other images, frames kept at the same times, gets other ids; the same bytes under
+    # another name get the same ones.
+    other = write_video(tmp_path / "other.mp4", real_images[3:6], seconds_each=2, fps=5)
+    theirs = extract_frames(other, file_sha256(other), tmp_path / "frames", every=1.0)
+    assert [f.t for f in theirs.kept] == [0.0, 2.0, 4.0]
+    assert not {f.id for f in theirs.kept} & {f.id for f in one.kept}
+    copy = shutil.copyfile(video, tmp_path / "renamed.mp4")
+    assert [f.id for f in extract_frames(copy, file_sha256(copy), tmp_path / "frames", every=1.0).kept] == \
+        [f.id for f in one.kept]
     # Another --every keeps frames at the same times under the same ids (and reuses their JPEGs).
     two = extract_frames(video, sha, tmp_path / "frames", every=2.0)
     assert [f.id for f in two.kept] == [f.id for f in one.kept]
