@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.bundle import BundleError, read_manifest
+from retrieval.manifest import BundleError, read_manifest
 from retrieval.captions import class_captions
 from retrieval.lexicon import CLASSES
 
@@ -52,9 +52,9 @@ def test_export_is_recorded_with_checksums(exported):
     entry = m["export"]
     assert entry["fingerprint"] == m["fingerprint"] and entry["probs"] is True
     assert set(entry["files"]) == {"text.onnx", "image.onnx", "tokenizer.json"}
-    from retrieval.bundle import _sha256
+    from retrieval.manifest import file_sha256
 
-    assert all(_sha256(path / n) == h for n, h in entry["files"].items())
+    assert all(file_sha256(path / n) == h for n, h in entry["files"].items())
 
 
 def test_text_vectors_equal_torch_on_lexicon_captions(exported, entrep_train):
