@@ -27,7 +27,8 @@ def parser(doc: str) -> argparse.ArgumentParser:
 def build(home: Path, folds: int = 10, n: int = 10000, export: bool = True):
     """KGER_HOME=home with store 'default'; returns the loaded bundle (torch)."""
     os.environ["KGER_HOME"] = str(home)
-    from retrieval.bundle import init_bundle, load_bundle
+    from retrieval.bundle import load_bundle
+    from retrieval.export import init_bundle
     from retrieval.lexicon import CLASSES
     from store.gallery import Gallery
 

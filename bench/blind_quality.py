@@ -34,8 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from retrieval import lexicon  # noqa: E402
-from retrieval.bundle import load_bundle, read_manifest  # noqa: E402
-from retrieval.preprocess import file_sha256, load_for_model  # noqa: E402
+from retrieval.bundle import load_bundle  # noqa: E402
+from retrieval.manifest import file_sha256, read_manifest  # noqa: E402
+from retrieval.preprocess import load_for_model  # noqa: E402
 from retrieval.trust import descriptor, familiarity  # noqa: E402
 from training.heldout import split_per_class, write_entrep_layout  # noqa: E402
 from training.synthetic import make_gallery  # noqa: E402

@@ -1,21 +1,20 @@
-"""A bundle: a directory with a manifest and the per-fold trainable weights only.
+"""A bundle: a directory with a manifest and the per-fold trainable weights only (the torch side: writing and
+loading fold weights; the manifest itself is retrieval/manifest.py, creating and exporting is retrieval/export.py).
 
 The frozen shared trunk is not stored: it is rebuilt from the packaged pretrained weights and checked against
 the manifest's hash, so a bundle stays small and a changed pretrained package is caught, not silently used.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from retrieval.errors import KgerError
+from retrieval.manifest import (
+    FORMAT, FORMAT_VERSION, MANIFEST, BundleError, file_sha256, fingerprint, fold_file, read_manifest, write_manifest,
+)
 from retrieval.spec import NanoCLIPSpec
 
 if TYPE_CHECKING:  # torch loads only when weights are read or written: the ONNX query path reads manifests only
@@ -23,46 +22,6 @@ if TYPE_CHECKING:  # torch loads only when weights are read or written: the ONNX
 
     from retrieval.ensemble import FoldEnsemble
     from retrieval.trust import Trust
-
-FORMAT = "kger-bundle"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-
-
-class BundleError(KgerError):
-    """A bundle that cannot be used as asked; the message says which file and what is wrong."""
-
-
-class Manifest(BaseModel):
-    """What the loader relies on in manifest.json, checked before anything is built: types (strict: JSON's
-    "2" is not 2), and that the fold count, the listed fold files and the vector width agree. Fields the
-    loader does not read (metrics, calibration, ...) pass through unchecked."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    format: str
-    format_version: int
-    spec: dict[str, Any]
-    folds: int = Field(ge=1)
-    seed: int = 0
-    classes: Optional[list[str]] = None
-    shared_hash: str
-    files: dict[str, str]
-    fingerprint: str
-    embed_dim: Optional[int] = Field(default=None, ge=1)
-    dim: Optional[int] = Field(default=None, ge=1)
-
-    @model_validator(mode="after")
-    def _agree(self) -> "Manifest":
-        names = sorted(self.files)
-        if names != [fold_file(f) for f in range(len(names))]:
-            raise ValueError(f"field 'files' must list fold_00.safetensors, fold_01.safetensors, ... (got {names})")
-        if self.folds != len(self.files):
-            raise ValueError(f"field 'folds' is {self.folds} but field 'files' lists {len(self.files)} fold files")
-        if self.dim is not None and self.embed_dim is not None and self.dim != self.embed_dim * self.folds:
-            raise ValueError(f"field 'dim' is {self.dim} but embed_dim x folds is {self.embed_dim * self.folds}")
-        return self
-
 
 @dataclass(frozen=True)
 class Bundle:
@@ -94,18 +53,6 @@ class Bundle:
         return Trust.from_bundle(self.manifest, self.path, self.ensemble.mean, self.ensemble.std)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def fold_file(f: int) -> str:
-    return f"fold_{f:02d}.safetensors"
-
-
 def fold_state(ens: FoldEnsemble, f: int) -> dict[str, torch.Tensor]:
     state = {f"image.{k}": v for k, v in ens.image_tops[f].state_dict().items()}
     state.update({f"text.{k}": v for k, v in ens.text_tops[f].state_dict().items()})
@@ -124,7 +71,7 @@ def write_fold(ens: FoldEnsemble, out: Path, f: int) -> str:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # readable like the manifest, so a bundle can be shared
     os.replace(tmp, out / fold_file(f))
-    return _sha256(out / fold_file(f))
+    return file_sha256(out / fold_file(f))
 
 
 def load_fold(ens: FoldEnsemble, path: str | Path, f: int) -> None:
@@ -148,12 +95,6 @@ def load_fold(ens: FoldEnsemble, path: str | Path, f: int) -> None:
         ens.logit_scale[f] = state["logit_scale"][0]
 
 
-def fingerprint(manifest: dict) -> str:
-    """Identity of a bundle: the architecture, the shared trunk, and every fold's weights."""
-    basis = {k: manifest[k] for k in ("spec", "folds", "shared_hash", "files", "classes")}
-    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def save_bundle(
     ens: FoldEnsemble,
     out: str | Path,
@@ -175,7 +116,7 @@ def save_bundle(
     files = {}
     for f in range(n):
         path = out / fold_file(f)
-        files[fold_file(f)] = _sha256(path) if folds_written and f in folds_written and path.exists() else write_fold(ens, out, f)
+        files[fold_file(f)] = file_sha256(path) if folds_written and f in folds_written and path.exists() else write_fold(ens, out, f)
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -195,48 +136,7 @@ def save_bundle(
     }
     manifest.update(extra or {})
     manifest["fingerprint"] = fingerprint(manifest)
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out / MANIFEST)
-    return manifest
-
-
-def read_manifest(path: str | Path) -> dict:
-    path = Path(path)
-    mf = path / MANIFEST
-    if not path.is_dir():
-        raise BundleError(f"no bundle directory at {path}")
-    if not mf.is_file():
-        raise BundleError(f"{path} is not a kger bundle (no {MANIFEST}); create one with `kger bundle init --out {path}`")
-    try:
-        manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{mf} is not valid JSON ({e.msg} at line {e.lineno})") from e
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{mf} is not a kger bundle manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(
-            f"{mf} has format version {manifest.get('format_version')}, this kger reads version {FORMAT_VERSION}"
-        )
-    try:
-        Manifest.model_validate(manifest)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        what = "is missing" if err["type"] == "missing" else f"is invalid: {err['msg']}"
-        why = f"field {where!r} {what}" if where else err["msg"].removeprefix("Value error, ")
-        raise BundleError(f"{mf}: {why}") from None
-    return manifest
-
-
-def set_manifest_entry(path: str | Path, key: str, value: Any) -> dict:
-    """Add one entry (e.g. the ONNX export) to a bundle's manifest, atomically; the fingerprint is unchanged."""
-    path = Path(path)
-    manifest = read_manifest(path)
-    manifest[key] = value
-    tmp = path / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, path / MANIFEST)
+    write_manifest(out, manifest)
     return manifest
 
 
@@ -261,7 +161,7 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         fp = path / name
         if not fp.is_file():
             raise BundleError(f"bundle {path} is missing {name}")
-        if verify and _sha256(fp) != manifest["files"].get(name):
+        if verify and file_sha256(fp) != manifest["files"].get(name):
             raise BundleError(f"bundle file {fp} is corrupt (checksum differs from the manifest)")
         load_fold(ens, path, f)
     return Bundle(ensemble=ens.eval(), manifest=manifest, path=str(path.resolve()))
@@ -272,30 +172,3 @@ def load_for_indexing(path: str | Path) -> tuple["FoldEnsemble", Optional["Trust
     Picklable by reference, unlike a loaded model, so Ray actors load it themselves."""
     bundle = load_bundle(path)
     return bundle.ensemble, bundle.trust
-
-
-def init_bundle(
-    out: str | Path,
-    *,
-    folds: int = 10,
-    seed: int = 0,
-    spec: NanoCLIPSpec | None = None,
-    export: bool = False,
-    **spec_fields,
-) -> dict:
-    """An untrained ensemble: pretrained towers, seeded projections. Refuses to overwrite another bundle.
-
-    `spec_fields` (image_backbone=, pool=, ...) replace those of `spec` (default: NanoCLIPSpec()).
-    `export`: also write the ONNX query-time towers (retrieval/export.py)."""
-    from retrieval.ensemble import FoldEnsemble
-
-    out = Path(out)
-    if (out / MANIFEST).exists():
-        raise BundleError(f"{out} already holds a bundle; choose another --out or delete it first")
-    ens = FoldEnsemble(replace(spec or NanoCLIPSpec(), **spec_fields), folds, seed=seed)
-    manifest = save_bundle(ens, out, trained=False)
-    if export:
-        from retrieval.export import export_bundle
-
-        manifest["export"] = export_bundle(out, ens)
-    return manifest

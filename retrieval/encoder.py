@@ -15,7 +15,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from retrieval.bundle import BundleError, read_manifest
+from retrieval.manifest import BundleError, read_manifest
 
 BACKENDS = ("auto", "onnx", "torch")
 _opening: dict[Path, Future] = {}  # see `prefetch`

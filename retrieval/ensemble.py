@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retrieval.encoder import fold_scores  # noqa: F401  (re-exported: the arithmetic lives with the encoders)
 from retrieval.nanoclip import NanoCLIPSpec, create_clip, make_tokenizer, split_clip
 
 
@@ -114,6 +113,3 @@ class FoldEnsemble(nn.Module):
         hidden, mask = self.text_features(texts)
         parts = [F.normalize(top(hidden, mask), dim=-1) for top in self.text_tops]
         return (torch.cat(parts, dim=-1) / math.sqrt(self.folds)).float().numpy()
-
-    def fold_scores(self, query: np.ndarray, stored: np.ndarray) -> np.ndarray:
-        return fold_scores(query, stored, self.folds)

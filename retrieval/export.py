@@ -1,4 +1,5 @@
-"""Export a bundle's query-time towers to ONNX, so that search and ask need onnxruntime, not torch.
+"""Make a bundle's files: `init_bundle` (an untrained ensemble) and the ONNX export of its query-time towers,
+so that search and ask need onnxruntime, not torch.
 
 Two graphs, each the whole ensemble in one piece (shared trunk, every fold's top, normalisation, the
 1/sqrt(K) concatenation), so the query side does no model arithmetic of its own:
@@ -15,15 +16,17 @@ import contextlib
 import math
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retrieval.bundle import BundleError, _sha256, load_bundle, read_manifest, set_manifest_entry
-
+from retrieval.bundle import load_bundle, save_bundle
+from retrieval.manifest import MANIFEST, BundleError, file_sha256, read_manifest, set_manifest_entry
 from retrieval.onnx_encoder import EXPORT_FORMAT, IMAGE_FILE, TEXT_FILE, TOKENIZER_FILE
+from retrieval.spec import NanoCLIPSpec
 
 EXPORT_KEY = "export"
 OPSET = 17
@@ -128,7 +131,7 @@ def export_ensemble(ens, out: str | Path, manifest: dict) -> dict:
         "runtime": "onnx",
         "opset": OPSET,
         "fingerprint": manifest["fingerprint"],  # the weights these graphs were made from
-        "files": {n: _sha256(out / n) for n in (TEXT_FILE, IMAGE_FILE, TOKENIZER_FILE)},
+        "files": {n: file_sha256(out / n) for n in (TEXT_FILE, IMAGE_FILE, TOKENIZER_FILE)},
         "context_length": min(77, ens.context_length or 77),
         "pad_token_id": int(ens.text_trunk.pad_token_id),
         "image_size": size,
@@ -146,3 +149,28 @@ def export_bundle(path: str | Path, ens=None) -> dict:
     entry = export_ensemble(ens, path, manifest)
     set_manifest_entry(path, EXPORT_KEY, entry)
     return entry
+
+
+def init_bundle(
+    out: str | Path,
+    *,
+    folds: int = 10,
+    seed: int = 0,
+    spec: NanoCLIPSpec | None = None,
+    export: bool = False,
+    **spec_fields,
+) -> dict:
+    """An untrained ensemble: pretrained towers, seeded projections. Refuses to overwrite another bundle.
+
+    `spec_fields` (image_backbone=, pool=, ...) replace those of `spec` (default: NanoCLIPSpec()).
+    `export`: also write the ONNX query-time towers (`export_bundle`)."""
+    from retrieval.ensemble import FoldEnsemble
+
+    out = Path(out)
+    if (out / MANIFEST).exists():
+        raise BundleError(f"{out} already holds a bundle; choose another --out or delete it first")
+    ens = FoldEnsemble(replace(spec or NanoCLIPSpec(), **spec_fields), folds, seed=seed)
+    manifest = save_bundle(ens, out, trained=False)
+    if export:
+        manifest["export"] = export_bundle(out, ens)
+    return manifest

@@ -19,7 +19,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from retrieval.preprocess import IMAGE_SUFFIXES, ImageLoadError, file_sha256, load_for_model
+from retrieval.manifest import file_sha256
+from retrieval.preprocess import IMAGE_SUFFIXES, ImageLoadError, load_for_model
 from retrieval.video import VIDEO_SUFFIXES, extract_frames
 
 log = logging.getLogger("kger.index")

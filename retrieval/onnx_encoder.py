@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from retrieval.bundle import BundleError, _sha256
+from retrieval.manifest import BundleError, file_sha256
 
 TEXT_FILE, IMAGE_FILE, TOKENIZER_FILE = "text.onnx", "image.onnx", "tokenizer.json"
 EXPORT_FORMAT = 1
@@ -58,7 +58,7 @@ class OnnxEncoder:
 
     def _file(self, name: str) -> Path:
         fp = Path(self.path) / name
-        if self.verify and _sha256(fp) != self.entry["files"].get(name):
+        if self.verify and file_sha256(fp) != self.entry["files"].get(name):
             raise BundleError(f"bundle file {fp} is corrupt (checksum differs from the manifest); "
                               f"run `kger bundle export {self.path}`")
         return fp

@@ -13,7 +13,6 @@ Loading policy (one place, so every consumer sees the same pixels):
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import math
@@ -59,15 +58,6 @@ class ImageLoadError(InputError):
         super().__init__(" ".join(str(reason).split()))
         self.reason = str(self)
         self.path = None if path is None else Path(path)
-
-
-def file_sha256(path) -> str:
-    """Hex sha256 of the file's bytes: a content id that survives renames and copies."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------- loading

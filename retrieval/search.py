@@ -7,11 +7,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from retrieval.bundle import Bundle, BundleError
+from retrieval.bundle import Bundle
 from retrieval.candidate import Candidate
 from retrieval.encoder import Encoder, TorchEncoder, fold_scores, load_encoder
 from retrieval.errors import InputError
-from retrieval.preprocess import file_sha256, load_array
+from retrieval.manifest import BundleError, file_sha256
+from retrieval.preprocess import load_array
 from retrieval.video import display_name
 
 

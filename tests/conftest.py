@@ -149,7 +149,7 @@ def make_images(folder: Path) -> list[dict]:
     """Two discs on black per class, each a different colour: enough for thumbnails and the Gemini judge."""
     from PIL import Image, ImageDraw
 
-    from retrieval.preprocess import file_sha256
+    from retrieval.manifest import file_sha256
 
     folder.mkdir(parents=True)
     items = []

@@ -37,7 +37,7 @@ def indexed(store_factory):
 
 
 def _unique_contents(folder: Path) -> int:
-    from retrieval.preprocess import file_sha256
+    from retrieval.manifest import file_sha256
 
     return len({file_sha256(p) for p in folder.glob("*.png")})
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli.report import render_batch, render_run
+from agent.core.report import render_batch, render_run
 from retrieval.printable import visible
 from retrieval.video import frame_name, parse_every
 from store.traces import TraceDB

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.bundle import BundleError, read_manifest
+from retrieval.manifest import BundleError, read_manifest
 from retrieval.captions import class_captions
 from retrieval.lexicon import CLASSES
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFile, ImageFont
 
+from retrieval.manifest import file_sha256
 from retrieval.preprocess import (
     IMAGE_SUFFIXES,
     ImageLoadError,
     circle_crop,
-    file_sha256,
     find_field,
     load_image,
     prepare,

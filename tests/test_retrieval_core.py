@@ -11,8 +11,10 @@ import timm
 import torch
 
 from retrieval import weights as W
-from retrieval.bundle import BundleError, init_bundle, load_bundle, read_manifest
-from retrieval.ensemble import fold_scores
+from retrieval.bundle import load_bundle
+from retrieval.encoder import fold_scores
+from retrieval.export import init_bundle
+from retrieval.manifest import BundleError, read_manifest
 from retrieval.nanoclip import NanoCLIPSpec, create_clip, open_clip_config, split_clip
 
 

@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from retrieval import lexicon
-from retrieval.bundle import load_bundle, read_manifest
+from retrieval.bundle import load_bundle
+from retrieval.manifest import read_manifest
 from retrieval.ensemble import FoldEnsemble
 from training import train as T
 

@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from retrieval.preprocess import file_sha256, load_image
+from retrieval.manifest import file_sha256
+from retrieval.preprocess import load_image
 from retrieval.video import (
     NEAR_MAD, VideoLoadError, display_name, extract_frames, format_timestamp, frame_id, parse_every, sample_frames,
 )

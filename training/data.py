@@ -18,7 +18,8 @@ from typing import Iterable
 
 from retrieval import captions, lexicon
 from retrieval.errors import InputError
-from retrieval.preprocess import IMAGE_SUFFIXES, ImageLoadError, file_sha256, load_image
+from retrieval.manifest import file_sha256
+from retrieval.preprocess import IMAGE_SUFFIXES, ImageLoadError, load_image
 
 log = logging.getLogger("kger.train")
 

@@ -17,7 +17,8 @@ import torch
 
 from retrieval import lexicon
 from retrieval.metrics import mrr, precision_at_k, recall_at_k
-from retrieval.preprocess import file_sha256, load_for_model
+from retrieval.manifest import file_sha256
+from retrieval.preprocess import load_for_model
 
 
 def split_per_class(labels: dict[str, str], image_dir: Path, n_train: int, seed: int = 0

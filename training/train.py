@@ -38,9 +38,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from retrieval.bundle import MANIFEST, fold_file, load_fold, read_manifest, save_bundle, write_fold
+from retrieval.bundle import load_fold, save_bundle, write_fold
 from retrieval.ensemble import FoldEnsemble
 from retrieval.errors import KgerError
+from retrieval.manifest import MANIFEST, fold_file, read_manifest
 from retrieval.metrics import summarize
 from training.augment import AugmentConfig
 from training.cache import TextCache, ViewCache, build_text_cache, build_view_cache, view_texts

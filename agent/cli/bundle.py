@@ -37,7 +37,7 @@ def init(
     """
     set_home(home)
     pool = image_pool(pool, old_pool)
-    from retrieval.bundle import init_bundle
+    from retrieval.export import init_bundle
 
     with err_console.status(f"Building a {folds}-fold bundle..."):
         manifest = init_bundle(out, folds=folds, seed=seed, image_backbone=image_backbone,
@@ -69,7 +69,7 @@ def export(
 @app.command("show")
 def show(path: Annotated[Path, typer.Argument(help="Bundle directory.")], json_out: JsonOpt = False):
     """Print a bundle's manifest: towers, folds, hashes, metrics."""
-    from retrieval.bundle import read_manifest
+    from retrieval.manifest import read_manifest
 
     m = read_manifest(path)
     if json_out:

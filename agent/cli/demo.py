@@ -66,7 +66,8 @@ def demo(
                    console=err_console)
     else:
         _step(2, "No labels beside the images: an untrained ensemble (pretrained towers)")
-        from retrieval.bundle import MANIFEST, init_bundle
+        from retrieval.export import init_bundle
+        from retrieval.manifest import MANIFEST
 
         if not (bundle / MANIFEST).is_file():
             init_bundle(bundle, folds=folds)

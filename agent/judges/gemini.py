@@ -313,7 +313,7 @@ class GeminiJudge:
 
     def _lookup(self, cache: "JudgeCache", settings: GeminiSettings, query: str,
                 candidate: Candidate) -> tuple[Optional[str], Optional[Verdict]]:
-        from retrieval.preprocess import file_sha256
+        from retrieval.manifest import file_sha256
 
         try:
             key = cache.key(settings.model, self.prompt.sha256, f"{file_sha256(candidate.path)}:{IMAGE_PREP}", query)
