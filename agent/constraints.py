@@ -13,7 +13,8 @@ import re
 from typing import Optional
 
 from agent.state import Answer
-from retrieval.lexicon import parse, split_queries, swap_side_text
+from retrieval.lexicon import swap_side_text
+from retrieval.reading import parse, split_queries
 
 FILTERS = ("region", "side", "state")
 FILTERED_TOOLS = ("retrieve", "similar")  # the tools that take the filters (agent/tools.py)

@@ -23,7 +23,7 @@ from agent.context import Context
 from agent.prompts import bounded_user_text, escape_user_text, load_prompt
 from agent.state import Answer, State
 from retrieval.errors import InputError
-from retrieval.lexicon import parse, split_queries
+from retrieval.reading import parse, split_queries
 
 _ONLY_SIDE = re.compile(r"^\W*(?:only\s+(?:the\s+)?(left|right)(?:\s+side)?|(left|right)(?:\s+side)?\s+only)\W*$", re.I)
 

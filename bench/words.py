@@ -58,6 +58,10 @@ def evaluate(home: Path) -> dict:
     from retrieval import lexicon
 
     plain = getattr(lexicon, "parse_plain", lexicon.parse)
+    try:  # the description parser: retrieval/reading.py now, lexicon.parse before it existed
+        from retrieval.reading import parse as described
+    except ImportError:
+        described = lexicon.parse
     assistant = Assistant.open("default", k=5, pool=20, persist=False)
     out, misses = {}, []
     for cat, items in CATEGORIES.items():
@@ -78,7 +82,7 @@ def evaluate(home: Path) -> dict:
             row = {"top1": top in allowed, "region": f.get("region") == region, "side": f.get("side") == side,
                    "state": f.get("state") == state, "negated_to_query": leak,
                    "bilateral_to_side": bilateral and any(c["args"].get("side") not in (None, side) for c in calls),
-                   "corrected": bool(getattr(lexicon.parse(text), "corrections", ()))}
+                   "corrected": bool(getattr(described(text), "corrections", ()))}
             for key, value in row.items():
                 sums[key] += int(value)
             sums["n"] += 1

@@ -16,10 +16,9 @@ Decisions the ENTRep annotations settle (annotations/.../t2i.json with cls.json)
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
-from retrieval.reading import read
 
 CLASSES = ("nose-right", "nose-left", "ear-right", "ear-left", "vc-open", "vc-closed", "throat")
 SITES = ("ear", "nose", "throat", "larynx")
@@ -271,19 +270,13 @@ def _combine(text: str, parts: list[ParsedQuery]) -> ParsedQuery:
 
 
 def parse_plain(text: str) -> ParsedQuery:
-    """Parse text as it stands (no reading of requests, negatives or typos); `parse` is for descriptions."""
-    pieces = _split(text)
+    """Parse text as it stands (no reading of requests, negatives or typos); `retrieval.reading.parse` is for
+    descriptions."""
+    pieces = split_plain(text)
     if len(pieces) == 1:
         return _parse_simple(text)
     return _combine(text, [_parse_simple(p) for p in pieces])
 
-
-def parse(text: str) -> ParsedQuery:
-    """Parse a description as read by retrieval/reading.py (its request, no negated or normal part, typos
-    corrected); a text naming several sites keeps one parse per focused query in `parts`."""
-    reading = read(text)
-    parsed = parse_plain(reading.focus)
-    return replace(parsed, corrections=reading.corrections) if reading.corrections else parsed
 
 
 def site_mentions(text: str) -> list[str]:
@@ -296,13 +289,8 @@ _CLAUSE_SEP = re.compile(
     r"|\s+(?:and|with|plus|as well as|also|while|whereas|but|together with)\s+", re.I)
 
 
-def split_queries(text: str) -> list[str]:
-    """The focused queries of a description as read (retrieval/reading.py): its request, without the negated
-    or normal parts, typos corrected; one query per image sought (see `_split`)."""
-    return _split(read(text).focus)
 
-
-def _split(text: str) -> list[str]:
+def split_plain(text: str) -> list[str]:
     """Split a description that names several sites or sides into focused queries, one per image sought.
 
     Clauses (split at punctuation and conjunctions) that name no site belong to the query before them (or the

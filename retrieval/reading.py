@@ -27,8 +27,10 @@ query (plus about 0.25 s once per process to load the English word list), and ar
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
+
+from retrieval import lexicon
 
 # The lexicon's plain words that typos are corrected to (tests check that the lexicon reads each of them).
 VOCAB = (
@@ -138,8 +140,6 @@ def _speller():
 
 
 def _known_to_lexicon(word: str) -> bool:
-    from retrieval import lexicon
-
     return bool(lexicon.parse_plain(word).classes != lexicon.CLASSES or lexicon.parse_plain(word).findings)
 
 
@@ -185,22 +185,16 @@ def correct(text: str) -> tuple[str, tuple[Correction, ...]]:
 
 
 def _names_site(text: str) -> bool:
-    from retrieval import lexicon
-
     return lexicon.parse_plain(text).site is not None or bool(lexicon.site_mentions(text))
 
 
 def _has_finding(text: str) -> bool:
-    from retrieval import lexicon
-
     p = lexicon.parse_plain(text)
     return bool([f for f in p.findings if f != "normal"]) or p.state is not None
 
 
 def _header_adds(header: str, part: str) -> bool:
     """Whether a section header says where a sentence is that does not say it itself (site or side)."""
-    from retrieval import lexicon
-
     head = lexicon.parse_plain(header)
     return ((_names_site(header) and not _names_site(part))
             or (head.side in ("left", "right") and lexicon.parse_plain(part).side is None))
@@ -216,8 +210,6 @@ def _location(span: str) -> str | None:
 
 def _lacks_place(clause: str, dropped: list[tuple[str, str | None]]) -> bool:
     """Whether a positive clause needs the site (or side) of a negated part of its sentence to say where it is."""
-    from retrieval import lexicon
-
     if not _names_site(clause):
         return True
     return lexicon.parse_plain(clause).side is None and any(lexicon.parse_plain(d).side for d, _ in dropped)
@@ -320,3 +312,17 @@ def read(text: str) -> Reading:
     corrected, corrections = correct(text)
     r = _read(corrected)
     return Reading(text, r.focus.strip() or corrected, corrections, r.negated, r.context, r.request)
+
+
+def parse(text: str) -> "lexicon.ParsedQuery":
+    """Parse a description as read here (its request, no negated or normal part, typos corrected); a text
+    naming several sites keeps one parse per focused query in `parts`. `lexicon.parse_plain` parses as is."""
+    reading = read(text)
+    parsed = lexicon.parse_plain(reading.focus)
+    return replace(parsed, corrections=reading.corrections) if reading.corrections else parsed
+
+
+def split_queries(text: str) -> list[str]:
+    """The focused queries of a description as read: its request, without the negated or normal parts, typos
+    corrected; one query per image sought (`lexicon.split_plain`)."""
+    return lexicon.split_plain(read(text).focus)

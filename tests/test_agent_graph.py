@@ -41,7 +41,7 @@ def test_offline_turn_ranks_the_named_class_first_and_explains(assistant):
 
 @pytest.mark.parametrize("question", ["left ear", "right nasal cavity", "R TM retracted", "AS", "left-sided nasal polyp"])
 def test_a_named_side_never_ranks_the_opposite_side_above_it(assistant, question):
-    from retrieval.lexicon import parse
+    from retrieval.reading import parse
 
     side = parse(question).side
     rows = assistant.ask(question).rows

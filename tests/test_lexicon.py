@@ -12,11 +12,10 @@ from retrieval.lexicon import (
     CLASSES,
     class_consistency,
     class_description,
-    parse,
-    split_queries,
     swap_side_label,
     swap_side_text,
 )
+from retrieval.reading import parse, split_queries  # descriptions are read first (request, negation, typos)
 
 
 # text -> (site, side, state)

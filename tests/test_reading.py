@@ -6,7 +6,8 @@ import pytest
 
 from agent.constraints import filters_of
 from agent.plan import plan_description
-from retrieval.lexicon import parse, parse_plain, split_queries
+from retrieval.lexicon import parse_plain
+from retrieval.reading import parse, split_queries
 from retrieval.reading import LAY, VOCAB, correct, correct_word, read
 
 # history, negatives and normals in every section, then the request: the pattern of issue 23's 898-character note

@@ -23,7 +23,7 @@ def test_classes_without_a_side_survive_the_flip():
         assert list(flip_captions(captions.class_captions(c))) == captions.class_captions(c)
     for c in lexicon.CLASSES:  # a double flip is the identity, and a flip never changes the site or state
         assert flip_label(flip_label(c)) == c
-        p, q = lexicon.parse(lexicon.class_description(c)), lexicon.parse(lexicon.class_description(flip_label(c)))
+        p, q = lexicon.parse_plain(lexicon.class_description(c)), lexicon.parse_plain(lexicon.class_description(flip_label(c)))
         assert (p.site, p.state) == (q.site, q.state)
 
 

@@ -11,7 +11,8 @@ import math
 from typing import Callable, Optional, Sequence
 
 from agent.judges.base import Candidate, Verdict
-from retrieval.lexicon import ParsedQuery, class_consistency, class_description, parse
+from retrieval.lexicon import ParsedQuery, class_consistency, class_description
+from retrieval.reading import parse
 
 MODEL = "offline-lexicon"
 CONSISTENCY_WEIGHT = 0.7  # score = 0.7 * class consistency + 0.3 * fold agreement
