@@ -131,12 +131,12 @@ class Terminal:
 
 
 def table_rows(screen: str) -> list[dict]:
-    """The answer table's rows as a person reads them: rank, image name, class."""
+    """The answer table's rows as a person reads them: rank, image name, class, match (0-100)."""
     rows = []
     for line in screen.splitlines():
         cells = [c.strip() for c in line.split("│")[1:-1]]
-        if len(cells) >= 6 and cells[0].isdigit():
-            rows.append({"rank": int(cells[0]), "name": cells[1], "class": cells[2]})
+        if len(cells) >= 5 and cells[0].isdigit():
+            rows.append({"rank": int(cells[0]), "name": cells[1], "class": cells[2], "match": cells[3]})
     return rows
 
 
@@ -246,8 +246,9 @@ def test_question_shows_table_thumbnails_and_run_id(conversation):
     assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
     assert all(r["class"] == "ear-left" for r in rows), rows  # the side is a hard constraint
     assert re.search(r"run [0-9a-f]{32}", screen)
-    for col in ("retrieval", "judge", "fused", "why"):
+    for col in ("match", "retrieval", "why", "Pos-Fuse"):  # the fused arithmetic is under "why"
         assert col in screen
+    assert all(r["match"].isdigit() and 0 <= int(r["match"]) <= 100 for r in rows), rows  # the judge's 0-100
     # half-block thumbnails in truecolor, with the ranks under them
     raw_colour = "▀" in screen and "#1" in screen and "#5" in screen
     assert raw_colour, screen[-2000:]
