@@ -13,6 +13,9 @@ and the towers search.
   ("normal", "intact", "clear", "patent", "unremarkable", "not examined") removes its whole clause, region
   included, unless a later clause of the sentence gives that region a positive finding ("the tympanic
   membrane is intact but thickened"). A negated or normal part is never a query, so never a filter either.
+- A negated state with a degree ("do not close completely", "not fully open") is that state, partly; the phase
+  a negated part is said in ("no lesion on phonation") still names the phase. A deviation's direction
+  ("septum deviated to the left") is no side once the focus names the cavity's side ("right nasal cavity").
 - A section header that names a site scopes the sentences under it that name none ("Ears: right wax").
 - Typos are corrected against the lexicon's vocabulary (symspellpy's edit-distance lookup); a word that is a
   real English word (symspellpy's frequency dictionary) is never corrected, and a correction is kept only
