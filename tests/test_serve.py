@@ -149,10 +149,15 @@ def test_token_is_checked_on_every_request(server):
             assert "token" in _one_line_error(r, 401)
 
 
-def test_binding_beyond_loopback_needs_a_token(chat_gallery):
-    r = subprocess.run(KGER + ["serve", "--host", "0.0.0.0", "--port", "0"], cwd=ROOT, env=_env(chat_gallery),
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "KGER_SERVE_TOKEN" in r.stderr and "Traceback" not in r.stderr
+def test_no_token_is_for_loopback_only_and_short_tokens_are_refused_beyond_it(chat_gallery):
+    for args, env, says in ((["--host", "0.0.0.0", "--no-token"], {}, "loopback only"),
+                            (["--host", "0.0.0.0"], {"KGER_SERVE_TOKEN": "x"}, "at least 16"),
+                            (["--host", "0.0.0.0"], {"KGER_SERVE_TOKEN": " "}, "blank"),
+                            (["--no-token"], {"KGER_SERVE_TOKEN": TOKEN}, "choose one")):
+        r = subprocess.run(KGER + ["serve", "--port", "0", *args], cwd=ROOT, env=_env(chat_gallery, **env),
+                           capture_output=True, text=True, timeout=120)
+        flat = " ".join(r.stderr.replace("│", " ").split())  # the usage error box wraps long lines
+        assert r.returncode == 2 and says in flat and "Traceback" not in r.stderr, (args, r.stderr)
 
 
 def test_mcp_stdio_session_lists_tools_and_answers(chat_gallery):
