@@ -210,7 +210,9 @@ class Guard:
         async def replay():
             return pending.pop() if pending else await receive()
 
-        await self.app(scope, replay, send)
+        # host names are case-insensitive; the MCP SDK's own check compares them as strings
+        headers = [(k, v.lower() if k.lower() == b"host" else v) for k, v in scope.get("headers", [])]
+        await self.app({**scope, "headers": headers}, replay, send)
 
     def _check(self, scope) -> Optional[JSONResponse]:
         raw = scope.get("headers", [])
