@@ -305,3 +305,29 @@ def test_random_hosts_origins_and_paths_never_get_run_text_or_open_files(secured
     else:
         assert r.status_code != 403, (host, origin, path, r.text[:200])
     assert not secured["watch"].opened()
+
+
+def _can_bind_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def test_a_token_is_generated_and_printed_and_no_token_says_so_in_brackets_for_ipv6(chat_gallery, tmp_path):
+    """Like Jupyter: no $KGER_SERVE_TOKEN means a generated token, printed with the URL and an MCP snippet, and
+    required; --no-token on loopback serves without one and says so; an IPv6 bind prints http://[::1]:PORT."""
+    with running_serve(["--port", "0"], serve_env(chat_gallery), tmp_path / "a.log") as (url, banner):
+        token = re.search(r"token: (\S+)", banner).group(1)
+        assert len(token) >= 40 and f'"Authorization": "Bearer {token}"' in banner and f"{url}/mcp/" in banner
+        assert httpx.get(url + "/health", timeout=60).status_code == 401
+        assert httpx.get(url + "/health", headers={"Authorization": f"Bearer {token}"}, timeout=60).status_code == 200
+    if not _can_bind_ipv6_loopback():
+        pytest.skip("no IPv6 loopback here")
+    with running_serve(["--host", "::1", "--port", "0", "--no-token"], serve_env(chat_gallery),
+                       tmp_path / "b.log") as (url, banner):
+        assert re.fullmatch(r"http://\[::1\]:\d+", url) and "NO TOKEN (--no-token)" in banner
+        r = httpx.get(url + "/health", timeout=60)
+        assert r.status_code == 200 and r.json()["status"] == "ok"
