@@ -1,8 +1,8 @@
 """The HTTP JSON API of `kger serve` (FastAPI; its OpenAPI page is /docs), with the MCP tools at /mcp.
 
 Every failure a client can cause is a 4xx with one line, {"error": "..."}: validation, malformed JSON, an
-oversized body (checked before it is read whole), a bad token, a non-image upload. Anything else is a 500
-with one line too; tracebacks go to the server's log only.
+oversized body, a bad token, a foreign Host or Origin (those four in guard.py, before any route runs), a
+non-image upload. Anything else is a 500 with one line too; tracebacks go to the server's log only.
 """
 from __future__ import annotations
 
