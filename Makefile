@@ -10,7 +10,7 @@ LOCK    := requirements.lock
 EXTRAS  := dev,scale
 PIP     := pip==26.3
 
-.PHONY: venv browser demo test bench lock clean
+.PHONY: venv browser demo test bench lock clean mcp-client
 
 venv: $(STAMP)
 
@@ -51,3 +51,9 @@ lock:
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# An outside MCP client (langchain-mcp-adapters 0.3.2, which needs mcp<2) in its own venv; the test that uses it
+# skips without it.
+mcp-client:
+	test -x .venv-mcpclient/bin/python || $(PY) -m venv .venv-mcpclient
+	.venv-mcpclient/bin/python -m pip install --quiet -r requirements-mcpclient.lock

@@ -31,10 +31,11 @@ def main() -> None:
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp())
     build(home, args.folds, args.store_size, export=True)
-    env = dict(os.environ, KGER_HOME=str(home), PYTHONPATH=os.pathsep.join(
-        filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
+    env = dict({k: v for k, v in os.environ.items() if k != "KGER_SERVE_TOKEN"}, KGER_HOME=str(home),
+               PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
     log = home / "serve.log"
-    proc = subprocess.Popen([sys.executable, "-c", "from agent.cli import main; main()", "serve", "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-c", "from agent.cli import main; main()", "serve", "--port", "0",
+                             "--no-token"],
                             env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         deadline = time.monotonic() + 120

@@ -24,11 +24,6 @@ def bound_bundle(gallery) -> dict:
     return bound
 
 
-def reference_id(ref: str) -> str:
-    """The id an image reference stands for: a file's content hash (as the indexer stores it), else the id."""
-    return file_sha256(ref) if Path(ref).is_file() else ref
-
-
 def _class_probs(stored) -> Optional[dict[str, float]]:
     """Chroma metadata holds scalars only, so the indexer stores the class probabilities as JSON."""
     try:
@@ -100,10 +95,13 @@ class Searcher:
             raise InputError(f"image {image_id} is not in store '{self.gallery.name}'")
         return self.by_vector(np.asarray(stored[0].embedding, dtype=np.float32), k, classes)
 
-    def similar(self, ref: str, k: int = 10, classes: Optional[Sequence[str]] = None) -> list[Candidate]:
+    def similar(self, ref: str, k: int = 10, classes: Optional[Sequence[str]] = None, *,
+                files: bool = True) -> list[Candidate]:
         """Images like `ref` (an image file here, else an image id in the store), never `ref` itself:
-        "more like #2" must not answer #2. Ranked 1.. after the reference is left out."""
-        found = self.image(ref, k + 1, classes) if Path(ref).is_file() else self.like(ref, k + 1, classes)
-        own = reference_id(ref)
+        "more like #2" must not answer #2. Ranked 1.. after the reference is left out. `files=False`: `ref` is
+        an image id only and the file system is never looked at (a server's callers must not name its files)."""
+        is_file = files and Path(ref).is_file()
+        found = self.image(ref, k + 1, classes) if is_file else self.like(ref, k + 1, classes)
+        own = file_sha256(ref) if is_file else ref
         return [c.model_copy(update={"rank": i}) for i, c in enumerate((c for c in found if c.id != own), start=1)
                 if i <= k]

@@ -266,7 +266,7 @@ class TraceDB(LockedDB):
             raise UnknownRunError(f"No run {run_id!r} in {self.path}: list recent runs with `kger trace list`")
         if len(matches) > 1:
             shown = ", ".join(m[: len(run_id) + 4] for m in matches[:5])
-            raise AmbiguousRunError(f"Run id prefix {run_id!r} matches several runs ({shown}, ...): give more of it")
+            raise AmbiguousRunError(f"Run id prefix {run_id!r} is ambiguous: it matches several runs ({shown}, ...); give more of it")
         return matches[0]
 
     def get_run(self, run_id: str) -> dict:

@@ -1,12 +1,11 @@
 """The HTTP JSON API of `kger serve` (FastAPI; its OpenAPI page is /docs), with the MCP tools at /mcp.
 
 Every failure a client can cause is a 4xx with one line, {"error": "..."}: validation, malformed JSON, an
-oversized body (checked before it is read whole), a bad token, a non-image upload. Anything else is a 500
-with one line too; tracebacks go to the server's log only.
+oversized body, a bad token, a foreign Host or Origin (those four in guard.py, before any route runs), a
+non-image upload. Anything else is a 500 with one line too; tracebacks go to the server's log only.
 """
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import queue
@@ -22,7 +21,8 @@ from pydantic import BaseModel, Field
 from agent.core.filters import Filters
 from agent.core.limits import MAX_K, MAX_RUNS, MAX_TEXT, MAX_UPLOAD
 from agent.core.version import kger_version
-from agent.serve.service import RequestError, Service
+from agent.serve.guard import Guard, HostPolicy
+from agent.serve.service import IMAGE_REF, RequestError, Service
 
 log = logging.getLogger("kger.serve")
 BODY_SLACK = 64 * 1024  # multipart framing around an upload of MAX_UPLOAD bytes
@@ -30,20 +30,22 @@ BODY_SLACK = 64 * 1024  # multipart framing around an upload of MAX_UPLOAD bytes
 
 class SearchRequest(BaseModel):
     text: str = Field(min_length=1, max_length=MAX_TEXT, description="A clinical description.")
-    k: int = Field(10, ge=1, le=MAX_K, description="How many images to return.")
+    k: int = Field(10, ge=1, le=MAX_K, strict=True, description="How many images to return.")
     filters: Optional[Filters] = Field(None, description="Region, side, state: matching images first, then "
                                                          "uncertain, then contradicting; strict: matching only.")
 
 
 class AskRequest(BaseModel):
     text: str = Field(min_length=1, max_length=MAX_TEXT, description="A clinical description or a follow-up.")
-    k: int = Field(5, ge=1, le=MAX_K, description="How many images to return.")
+    k: int = Field(5, ge=1, le=MAX_K, strict=True, description="How many images to return.")
     thread_id: Optional[str] = Field(None, max_length=200, description="Continue this conversation.")
 
 
 class SimilarRequest(BaseModel):
-    image: str = Field(min_length=1, max_length=4096, description="An image id (or unique prefix) in the store.")
-    k: int = Field(10, ge=1, le=MAX_K)
+    image: str = Field(min_length=1, max_length=4096, description=f"{IMAGE_REF[0].upper()}{IMAGE_REF[1:]}. Never a "
+                                                                   "path on the server: upload a file to /search/image.")
+    k: int = Field(10, ge=1, le=MAX_K, strict=True)
+    thread_id: Optional[str] = Field(None, max_length=200, description="The thread whose last answer #N ranks.")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -61,70 +63,22 @@ def _one_line(exc: RequestValidationError) -> str:
     return f"{where}: {e.get('msg', 'invalid')}" if where else str(e.get("msg", "invalid request"))
 
 
-class Guard:
-    """ASGI middleware in front of everything (the MCP door too): the token, then the body size.
-
-    The size is checked from Content-Length and again while the body streams in, so a chunked upload cannot
-    slip past it."""
-
-    def __init__(self, app, token: Optional[str], max_body: int):
-        self.app, self.token, self.max_body = app, token, max_body
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if self.token is not None:
-            given = headers.get("authorization", "")
-            given = given[7:] if given.lower().startswith("bearer ") else headers.get("x-kger-token", "")
-            if not hmac.compare_digest(given.encode(), self.token.encode()):
-                return await _error(401, "missing or wrong token (send Authorization: Bearer $KGER_SERVE_TOKEN)")(
-                    scope, receive, send)
-        length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            return await _error(413, f"request body over {self.max_body:,} bytes")(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    raise _TooLarge()
-            return message
-
-        started = False
-
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _error(413, f"request body over {self.max_body:,} bytes")(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
-
-
 def _sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, default=str, ensure_ascii=False)}\n\n"
 
 
-def create_app(service: Service, token: Optional[str] = None, mcp: bool = True):
-    """The ASGI app: FastAPI routes, the MCP streamable-HTTP endpoint at /mcp, all behind `Guard`."""
+def create_app(service: Service, token: Optional[str] = None, mcp: bool = True, policy: Optional[HostPolicy] = None):
+    """The ASGI app: FastAPI routes, the MCP streamable-HTTP endpoint at /mcp, all behind `Guard` (Host and
+    Origin by `policy`, loopback names by default; the token when one is given)."""
+    policy = policy or HostPolicy()
     mcp_server = None
     if mcp:
         from agent.serve.mcp_tools import build_mcp
 
         mcp_server = build_mcp(service)
         mcp_app = mcp_server.streamable_http_app(streamable_http_path="/", stateless_http=True,
-                                                 json_response=True, max_request_body_size=MAX_UPLOAD)
+                                                 json_response=True, max_request_body_size=MAX_UPLOAD,
+                                                 transport_security=policy.sdk_settings())
 
     @asynccontextmanager
     async def lifespan(app):
@@ -165,9 +119,9 @@ def create_app(service: Service, token: Optional[str] = None, mcp: bool = True):
         data = await file.read(MAX_UPLOAD + 1)
         return await _in_thread(service.search_image_bytes, data, k, file.filename or "upload")
 
-    @app.post("/similar", summary="Images like one already in the store (its id or a unique id prefix)")
+    @app.post("/similar", summary="Images like one already in the store (its id, a unique id prefix, or #N of a thread)")
     def similar(req: SimilarRequest) -> dict:
-        return service.similar(req.image, req.k)
+        return service.similar(req.image, req.k, req.thread_id)
 
     @app.post("/ask", summary="The whole agent: plan, retrieve, judge, fuse; the answer with its run id")
     def ask(req: AskRequest) -> dict:
@@ -212,7 +166,7 @@ def create_app(service: Service, token: Optional[str] = None, mcp: bool = True):
 
     if mcp_server is not None:
         app.mount("/mcp", mcp_app)
-    return Guard(app, token, MAX_UPLOAD + BODY_SLACK)
+    return Guard(app, policy, token, MAX_UPLOAD + BODY_SLACK)
 
 
 async def _in_thread(fn, *args):

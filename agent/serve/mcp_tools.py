@@ -74,14 +74,16 @@ def build_mcp(service: Service):
     @server.tool()
     @_tool_error
     def similar(
-        image: Annotated[str, Field(description="An image id from an earlier result (or a unique prefix of "
-                                                "6+ characters), or the path of an image file on this server.")],
+        image: Annotated[str, Field(description="An image id from an earlier result (or a unique prefix of 6+ "
+                                                "characters), or '#N' (rank N of an `ask` answer; give its "
+                                                "thread_id). Never a file path.")],
         k: Annotated[int, Field(ge=1, le=MAX_K, description="How many images to return.")] = 10,
+        thread_id: Annotated[Optional[str], Field(description="The thread_id of the `ask` answer '#N' ranks.")] = None,
     ) -> dict[str, Any]:
         """Find images that look like one image (image-to-image retrieval), leaving out that image itself.
 
         Useful to follow up on a good result ("more like this one"). Same fields as `retrieve`."""
-        doc = service.similar(image, k)
+        doc = service.similar(image, k, thread_id)
         return {"image": image, "id": doc["id"], "results": _rows(doc["results"])}
 
     @server.tool()

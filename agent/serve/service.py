@@ -7,6 +7,7 @@ writer then never see two requests at once.
 """
 from __future__ import annotations
 
+import re
 import tempfile
 import threading
 import uuid
@@ -18,6 +19,10 @@ from agent.core import limits
 from agent.core.filters import Filters, filtered_search
 from agent.core.limits import MAX_RUNS, MAX_TEXT, MAX_UPLOAD, LimitError
 from retrieval.candidate import TOOL_FIELDS
+
+
+IMAGE_REF = "a stored image id (or a unique prefix of 6+ hex characters of one), or #N of a thread's last answer"
+_IMAGE_ID = re.compile(r"[0-9a-fA-F]{6,64}")
 
 
 class RequestError(ValueError):
@@ -102,25 +107,43 @@ class Service:
         return {"image": name, "store": self.store, "bundle": self.searcher.encoder.fingerprint,
                 "results": [r.model_dump(exclude=TOOL_FIELDS) for r in results]}
 
-    def similar(self, image: str, k: int = 10) -> dict:
-        """Images like one already in the store (its id or a unique id prefix), or like an image file here."""
+    def similar(self, image: str, k: int = 10, thread_id: Optional[str] = None) -> dict:
+        """Images like one already in the store: `image` is an id, a unique id prefix, or #N of `thread_id`'s
+        last answer. Never a path: a remote caller must not make the server open (or reveal) its files, so
+        anything else is the same 422 whether or not such a file exists. The CLI reads local files itself;
+        an image from elsewhere is an upload (POST /search/image)."""
         image, k = check_text(image, "image").strip(), check_k(k)
-        from retrieval.search import reference_id
-
         with self.lock:
-            ref = image if Path(image).is_file() else self._resolve_id(image)
-            results = self.searcher.similar(ref, k=k)
-        return {"image": image, "id": reference_id(ref), "store": self.store,
+            ref = self._resolve_image(image, thread_id)
+            results = self.searcher.similar(ref, k=k, files=False)
+        return {"image": image, "id": ref, "store": self.store,
                 "results": [r.model_dump(exclude=TOOL_FIELDS) for r in results]}
 
-    def _resolve_id(self, image: str) -> str:
-        if len(image) == 64:
-            return image
-        hits = [i for i, _ in self.searcher.gallery.all_metadata() if i.startswith(image.lower())] if len(image) >= 6 else []
-        if len(hits) != 1:
-            raise RequestError(f"image {image!r} is not an image id (or unique id prefix of 6+ characters) in "
-                               f"store '{self.store}', nor a file on the server", 404)
+    def _resolve_image(self, image: str, thread_id: Optional[str]) -> str:
+        rank = re.fullmatch(r"#(\d{1,6})", image)
+        if rank:
+            return self._thread_row(int(rank.group(1)), thread_id)
+        if not _IMAGE_ID.fullmatch(image):
+            raise RequestError(f"image must be {IMAGE_REF}; to search by an image file, upload it to "
+                               "POST /search/image", 422)
+        prefix = image.lower()
+        hits = [i for i, _ in self.searcher.gallery.all_metadata() if i.startswith(prefix)]
+        if not hits:
+            raise RequestError(f"no image id starts with {prefix!r} in store '{self.store}'", 404)
+        if len(hits) > 1:
+            raise RequestError(f"image id prefix {prefix!r} is ambiguous: it matches {len(hits)} images in store "
+                               f"'{self.store}'; give more of it", 422)
         return hits[0]
+
+    def _thread_row(self, n: int, thread_id: Optional[str]) -> str:
+        if not thread_id:
+            raise RequestError(f"#{n} needs the thread_id of the answer it ranks", 422)
+        state = self.assistant.graph.get_state({"configurable": {"thread_id": check_text(thread_id, "thread_id")}})
+        answer = (state.values or {}).get("answer")
+        rows = answer.rows if answer is not None else []
+        if not 1 <= n <= len(rows):
+            raise RequestError(f"there is no image #{n} in the last answer of thread {thread_id!r}", 404)
+        return rows[n - 1].id
 
     # ----------------------------------------------------------------------------------------- the agent
     def ask(self, text: str, k: int = 5, thread_id: Optional[str] = None,
@@ -143,10 +166,12 @@ class Service:
         return self._traces().list_runs(limit=limit, text=text)
 
     def run(self, run_id: str) -> dict:
-        from store.traces import UnknownRunError
+        from store.traces import AmbiguousRunError, UnknownRunError
 
         try:
             return self._traces().get_run(check_text(run_id, "run id"))
+        except AmbiguousRunError as e:
+            raise RequestError(str(e), 422) from None
         except UnknownRunError as e:
             raise RequestError(str(e), 404) from None
 
