@@ -50,6 +50,7 @@ from training.config import PRESETS, SELECTABLE, TrainConfig, TrainError, make_c
 from training.data import Dataset, load_dataset
 from training.folds import assign_folds, clamp_folds, holdout, split
 from training.loss import classifier_loss, hard_negatives, multi_positive_loss, positive_weights
+from training.simfit import fit_similarity
 
 PROGRESS = "train_progress.json"
 # Settings that do not change the weights: a resumed run may differ in these.
@@ -354,8 +355,9 @@ def main(cfg: TrainConfig, *, console: Console | None = None) -> dict:
     if ens.shared_hash() != untrained_shared:
         raise TrainError("the frozen shared trunk changed during training (a bug): refusing to write the bundle")
     metrics = summarize_folds(sorted_results(done)) if any(splits[f][1] for f in range(k)) else {}
-    cal = calibrate(ens, views, splits, [it.path for it in data.items], out) if metrics else {}
-    extra["seconds"] = round(time.time() - t0, 1)
+    paths = [it.path for it in data.items]
+    cal = calibrate(ens, views, splits, paths, out) if metrics else {}
+    extra.update(similarity=fit_similarity(ens, views, splits, cal, paths), seconds=round(time.time() - t0, 1))
     manifest = save_bundle(ens, out, trained=True, metrics=metrics, data_hash=data.data_hash,
                            extra={**extra, "partial": False, "calibration": cal}, folds_written=list(range(k)))
     (out / PROGRESS).unlink(missing_ok=True)
