@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from retrieval import lexicon  # noqa: E402
 from retrieval.bundle import load_bundle  # noqa: E402
 from retrieval.manifest import file_sha256, read_manifest  # noqa: E402
-from retrieval.preprocess import load_for_model  # noqa: E402
+from retrieval.preprocess import load_array, load_for_model  # noqa: E402
 from retrieval.trust import descriptor, familiarity  # noqa: E402
 from training.heldout import split_per_class, write_entrep_layout  # noqa: E402
 from training.simfit import figures, other_side, refit, region_side  # noqa: E402
@@ -110,9 +110,13 @@ def i2i(home: Path, store: str, held_dir: Path, held: dict[str, str], names: lis
                 for q, want, key in ((path, held[n], "plain"), (mirrored, other_side(held[n]), "mirrored")):
                     if kind == "new":
                         got = searcher.similar(str(q), 5)
-                    else:
+                    else:  # the ensemble vector, as every door ranked before issue 21
                         own = file_sha256(q)
-                        got = [c for c in searcher.image(q, 6) if c.id != own][:5]
+                        stored = gallery.get([own], include_embeddings=True)
+                        enc = searcher.encoder
+                        vec = stored[0].embedding if stored else enc.encode_images(
+                            load_array(q, enc.image_size, enc.mean, enc.std)[None])[0][0]
+                        got = [c for c in searcher.by_vector(vec, 6) if c.id != own][:5]
                     rows[key][0].append(want)
                     rows[key][1].append([held[Path(c.path).name] for c in got])
             out[kind] = {key: _figures(w, g) for key, (w, g) in rows.items()}
