@@ -176,3 +176,33 @@ def test_mcp_over_streamable_http_with_the_token(server):
     assert not retrieved.is_error
     assert [r["label"] for r in retrieved.structured_content["results"]] == ["nose-right"] * 3
     assert not asked.is_error and asked.structured_content["rows"][0]["label"] == "ear-left"
+
+
+def test_cli_http_and_mcp_similar_give_one_ranking(server, client, entrep_train):
+    """Issue 21: `kger search --image`, POST /similar and MCP `similar` all rank by `Searcher.similar` (the
+    image-to-image vectors the store holds), so the same image gets the same neighbours at every door."""
+    import anyio
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    url, home = server
+    image = sorted((entrep_train / "imgs").glob("*.png"))[0]
+    own = hashlib.sha256(image.read_bytes()).hexdigest()
+    out = subprocess.run(KGER + ["search", "--image", str(image), "--k", "6", "--json"], cwd=ROOT, env=_env(home),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    cli = [r["id"] for r in json.loads(out.stdout)["results"] if r["id"] != own][:5]
+    r = client.post("/similar", json={"image": own, "k": 5})
+    assert r.status_code == 200, r.text
+    http = [x["id"] for x in r.json()["results"]]
+
+    async def session():
+        h = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=httpx2.Timeout(30, read=300))
+        async with h, Client(streamable_http_client(url + "/mcp/", http_client=h)) as c:
+            return await c.call_tool("similar", {"image": own, "k": 5})
+
+    mcp = anyio.run(session)
+    assert not mcp.is_error
+    assert len(cli) == 5 and cli == http == [x["id"] for x in mcp.structured_content["results"]]
+    assert "image-to-image" not in out.stderr  # the store has the vectors: no fallback notice
