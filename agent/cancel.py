@@ -75,14 +75,24 @@ def guard_writes(saver: Any) -> Any:
     return saver
 
 
-def run_cancellable(fn: Callable[[], T], on_cancel: Callable[[Token], None], grace: float = GRACE_S) -> T:
+def shielded(fn: Callable[[], T]) -> T:
+    """`fn()` with Ctrl-C ignored (main thread only): one Ctrl-C is enough, more must not tear what undoes it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return fn()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run_cancellable(fn: Callable[[], T], on_cancel: Callable[[Token], None], grace: float = GRACE_S,
+                    token: Optional[Token] = None) -> T:
     """`fn()` in a worker thread; Ctrl-C in the main thread cancels it and raises TurnCancelled here.
 
     The main thread waits on an event (which a signal interrupts); on Ctrl-C it sets the token, waits up to
     `grace` for the worker to stop at a step (further Ctrl-Cs are ignored meanwhile), then calls
     `on_cancel(token)` (the run marked cancelled, the thread put back as it was before the turn, whether the
     worker stopped, finished just then, or is left behind in a remote call)."""
-    token, done, box = Token(), threading.Event(), {}
+    token, done, box = token or Token(), threading.Event(), {}
 
     def work() -> None:
         _current.set(token)
@@ -100,12 +110,12 @@ def run_cancellable(fn: Callable[[], T], on_cancel: Callable[[Token], None], gra
             pass
     except KeyboardInterrupt:
         token.event.set()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # one Ctrl-C is enough; more must not tear this
-        try:
+
+        def stop() -> None:
             token.abandoned = not done.wait(grace)
             on_cancel(token)
-        finally:
-            signal.signal(signal.SIGINT, previous)
+
+        shielded(stop)
         raise TurnCancelled() from None
     if "error" in box:
         raise box["error"]

@@ -60,7 +60,8 @@ class OverlapSearcher:
                          for i, it in enumerate(self.items) if not classes or it["label"] in classes),
                         key=lambda t: (-t[0], t[1]))[:k]
         return [Candidate(rank=r, id=it["id"], path=it["path"], score=round(s, 6), label=it["label"],
-                          fold_scores=[round(s + 0.01, 6), round(s - 0.01, 6)]) for r, (s, _, it) in enumerate(scored, 1)]
+                          fold_scores=[round(s + 0.01, 6), round(s - 0.01, 6)])
+                for r, (s, _, it) in enumerate(scored, 1)]
 
     def like(self, image_id: str, k: int = 10, classes=None):
         label = next(it["label"] for it in self.items if it["id"] == image_id)
@@ -137,7 +138,8 @@ def main() -> int:
     early_b, late_b = mean(per_turn[10:20]), mean(per_turn[last - 10:last])
     early_t, late_t = statistics.median(ms[10:30] or ms), statistics.median(ms[max(0, last - 20):last])
     early_c, late_c = statistics.median(cpu[10:30] or cpu), statistics.median(cpu[max(0, last - 20):last])
-    paired_t, paired_c = statistics.median(fresh_ms[10:30] or fresh_ms), statistics.median(fresh_cpu[10:30] or fresh_cpu)
+    paired_t = statistics.median(fresh_ms[10:30] or fresh_ms)
+    paired_c = statistics.median(fresh_cpu[10:30] or fresh_cpu)
     works = follow_ups_work(answers[-len(TURNS) - 1:])
     print(f"turns {last}, pool {args.pool}, home {home}")
     print(f"checkpoint bytes written per turn: turns 10-20 {early_b:,.0f}, turns {last - 10}-{last} {late_b:,.0f} "

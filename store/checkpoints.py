@@ -97,8 +97,8 @@ def compact(conn: sqlite3.Connection, serde: Any, drop_channels: tuple[str, ...]
     if stale:
         rewritten = []
         for tid, ns, cid, type_, blob in conn.execute(
-                "select thread_id, checkpoint_ns, checkpoint_id, type, checkpoint from checkpoints c where checkpoint_id"
-                " = (select max(checkpoint_id) from checkpoints d where d.thread_id = c.thread_id and "
+                "select thread_id, checkpoint_ns, checkpoint_id, type, checkpoint from checkpoints c where "
+                "checkpoint_id = (select max(checkpoint_id) from checkpoints d where d.thread_id = c.thread_id and "
                 "d.checkpoint_ns = c.checkpoint_ns)").fetchall():
             checkpoint = serde.loads_typed((type_, blob))
             values = checkpoint.get("channel_values") or {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -158,7 +158,7 @@ def calibrate(ens, views, splits, paths: Sequence[Path], out) -> dict:
     }
 
 
-def thresholds_text(thresholds: dict) -> str:
+def thresholds_text(thresholds: Optional[dict]) -> str:
     """Trust thresholds as a person reads them: 'ear-left >= 0.93, nose-right never, ...' (never: no
     confidence was shown precise enough, so that class's predictions are not trusted as labels)."""
     if not thresholds:

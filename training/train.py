@@ -361,7 +361,7 @@ def main(cfg: TrainConfig, *, console: Console | None = None) -> dict:
     if metrics:
         console.print(metrics_table(metrics))
         console.print(f"class head: temperature {cal.get('temperature')}, ECE {cal.get('ece_before')} -> "
-                      f"{cal.get('ece_after')} (out of fold)\ntrust thresholds: {thresholds_text(cal.get('thresholds') or {})}")
+                      f"{cal.get('ece_after')} (out of fold)\ntrust thresholds: {thresholds_text(cal.get('thresholds'))}")
     else:
         console.print("no held-out images (K=1, val_fraction=0): the last epoch was kept, nothing was validated")
     console.print(f"bundle written to {out} ({k} folds, fingerprint {manifest['fingerprint']}) "

@@ -119,10 +119,12 @@ class ChatSession:
 
     # -- turns through the graph ---------------------------------------------------------------
     def ask(self, text: str) -> None:
-        from agent.cancel import run_cancellable
+        from agent.cancel import Token, TurnCancelled, run_cancellable, shielded
 
+        token = Token()
         with self.err.status("Searching and judging...", spinner="dots"):  # Ctrl-C: agent/cancel.py
-            answer = run_cancellable(lambda: self.assistant.ask(text, self.turn), self.assistant.cancel_turn)
+            answer = run_cancellable(lambda: self.assistant.ask(text, self.turn), self.assistant.cancel_turn,
+                                     token=token)
         if answer.status == "error":  # no answer: say why (a bad follow-up, a store that failed), never an empty table
             self.console.print(line("No image found for ", literal(repr(answer.question)), "."))
             self.hint(answer.error or "the turn failed")
@@ -132,8 +134,12 @@ class ChatSession:
 
             self.strict_failures += 1
             require_no_fallback(answer)  # the loop prints its one line; the session goes on
+        try:
+            self.print_answer(answer)  # ends with the run id: from then on the answer has been shown
+        except KeyboardInterrupt:  # cut before it was shown: cancelled too, the thread as before the turn
+            shielded(lambda: self.assistant.cancel_turn(token))
+            raise TurnCancelled() from None
         self.last = answer
-        self.print_answer(answer)
         for note in answer.fallbacks:
             self.hint(f"fallback: {note}")
 

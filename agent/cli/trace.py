@@ -72,8 +72,8 @@ def list_cmd(
     for r in runs:
         rows = (r.get("answer") or {}).get("rows") or []
         top = f"{rows[0].get('name') or rows[0]['id'][:12]} ({class_text(rows[0])})" if rows else "-"
-        t.add_row(*(literal(v) for v in (short[r["id"]], local_time(r.get("created")), r.get("kind") or "", r.get("llm") or "",
-                                      r.get("status") or "", r.get("input") or "", top)))
+        t.add_row(*(literal(v) for v in (short[r["id"]], local_time(r.get("created")), r.get("kind") or "",
+                                         r.get("llm") or "", r.get("status") or "", r.get("input") or "", top)))
     out_console.print(t)
     err_console.print("Details: kger trace show RUN_ID")
 
