@@ -84,7 +84,9 @@ class Answer(BaseModel):
 @dataclass
 class InputState:
     messages: Annotated[list[AnyMessage], add_messages] = field(default_factory=list)
-    """The conversation: the user's descriptions, the planner's tool calls, the tools' results, the answers."""
+    """This turn's conversation: the description, the planner's tool calls, the tools' results, the reply. It
+    starts afresh each turn (agent/assistant.py `turn_input`): what follow-ups need of the previous turn is
+    `answer`, so a thread's checkpoint stays the size of one turn, however long the thread."""
 
 
 @dataclass
@@ -121,4 +123,5 @@ class State(InputState):
     """Every candidate in the answer's order, with its Pos-Fuse arithmetic (the answer keeps the top k)."""
 
     answer: Optional[Answer] = None
-    """The last answer; kept across turns so follow-ups can refer to it."""
+    """The last answer; kept across turns so follow-ups can refer to it (its question, constraints and at most
+    k rows: the bounded memory of a thread)."""

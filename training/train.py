@@ -45,7 +45,7 @@ from retrieval.manifest import read_manifest
 from retrieval.metrics import summarize
 from training.augment import AugmentConfig
 from training.cache import TextCache, ViewCache, build_text_cache, build_view_cache, view_texts
-from training.calibrate import calibrate
+from training.calibrate import calibrate, thresholds_text
 from training.config import PRESETS, SELECTABLE, TrainConfig, TrainError, make_config  # noqa: F401 (PRESETS: re-exported)
 from training.data import Dataset, load_dataset
 from training.folds import assign_folds, clamp_folds, holdout, split
@@ -274,8 +274,7 @@ def main(cfg: TrainConfig, *, console: Console | None = None) -> dict:
 
     # data
     data = load_dataset(cfg.data, templates=cfg.templates)
-    counts = ", ".join(f"{c} {n}" for c, n in data.class_counts().items() if n)
-    console.print(f"data: {len(data.items)} images ({data.layout}: {counts}); {len(data.skipped)} skipped")
+    console.print(f"data: {data.summary()}")
 
     # folds
     k, why = clamp_folds(data.items, cfg.folds)
@@ -364,7 +363,7 @@ def main(cfg: TrainConfig, *, console: Console | None = None) -> dict:
     if metrics:
         console.print(metrics_table(metrics))
         console.print(f"class head: temperature {cal.get('temperature')}, ECE {cal.get('ece_before')} -> "
-                      f"{cal.get('ece_after')} (out of fold); trust thresholds {cal.get('thresholds')}")
+                      f"{cal.get('ece_after')} (out of fold)\ntrust thresholds: {thresholds_text(cal.get('thresholds'))}")
     else:
         console.print("no held-out images (K=1, val_fraction=0): the last epoch was kept, nothing was validated")
     console.print(f"bundle written to {out} ({k} folds, fingerprint {manifest['fingerprint']}) "
