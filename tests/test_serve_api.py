@@ -148,3 +148,33 @@ def test_docs_page_loads_its_assets_from_this_server(http):
     assert http.get("/docs-static/swagger-ui-bundle.js").status_code == 200
     assert http.get("/docs-static/swagger-ui.css").status_code == 200
     assert "https://" not in http.get("/redoc").text
+
+
+def test_search_is_served_while_a_judged_turn_runs(service, http):
+    """A turn that does not finish (its graph blocked) holds the turn thread; /search and /health still answer
+    (before the split they queued behind it on one lock)."""
+    import threading
+
+    from agent.state import Answer
+
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_ask(text, turn, on_event=None):
+        entered.set()
+        release.wait(60)
+        return Answer(question=text, run_id="r", thread_id="t")
+
+    service.assistant.ask = slow_ask
+    asked = {}
+    worker = threading.Thread(target=lambda: asked.update(r=http.post("/ask", json={"text": "left ear"})))
+    worker.start()
+    try:
+        assert entered.wait(30)
+        for _ in range(3):
+            r = http.post("/search", json={"text": "left ear", "k": 3})
+            assert r.status_code == 200 and len(r.json()["results"]) == 3
+        assert http.get("/health").status_code == 200 and worker.is_alive() and not release.is_set()
+    finally:
+        release.set()
+        worker.join(30)
+    assert asked["r"].status_code == 200 and asked["r"].json()["run_id"] == "r"
