@@ -11,8 +11,6 @@ the server's RSS before and after. Goal (issue 20): /search p95 <= 200 ms at 50 
 from __future__ import annotations
 
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.bigstore import QUESTIONS, build, parser  # noqa: E402
+from bench.bigstore import QUESTIONS, build, parser, start_serve  # noqa: E402
 
 TOKEN = "serve-load-bench-token-0123456789"
 ASKING = True  # --search-only: False
@@ -102,16 +100,8 @@ def main() -> None:
     ASKING = not args.search_only
     env = dict(os.environ, KGER_HOME=str(home), KGER_SERVE_TOKEN=TOKEN, PYTHONPATH=os.pathsep.join(
         filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
-    log = home / "serve.log"
-    proc = subprocess.Popen([sys.executable, "-c", "from agent.cli import main; main()", "serve", "--port", "0"],
-                            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    proc, base = start_serve(home, env)
     try:
-        deadline = time.monotonic() + 180
-        while not (m := re.search(r"(http://127\.0\.0\.1:\d+)", log.read_text())):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"kger serve did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
-        base = m.group(1)
         with httpx.Client(base_url=base, timeout=120, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
             health = c.get("/health").json()
             for q in QUESTIONS[:3]:  # warm-up: the graph, the encoder, Chroma's index
