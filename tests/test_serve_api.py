@@ -145,8 +145,8 @@ def test_openapi_documents_every_status_and_the_error_body(http):
 def test_docs_page_loads_its_assets_from_this_server(http):
     page = http.get("/docs").text
     assert "cdn" not in page.lower() and "https://" not in page
-    assert http.get("/docs-static/swagger-ui-bundle.js").status_code == 200
-    assert http.get("/docs-static/swagger-ui.css").status_code == 200
+    assert http.get("/docs/static/swagger-ui-bundle.js").status_code == 200
+    assert http.get("/docs/static/swagger-ui.css").status_code == 200
     assert "https://" not in http.get("/redoc").text
 
 
