@@ -36,7 +36,7 @@ def service(word_searcher, tmp_path):
 def http(service):
     from agent.serve.http import create_app
 
-    with TestClient(create_app(service, mcp=False)) as c:
+    with TestClient(create_app(service, mcp=False), base_url="http://127.0.0.1") as c:  # a loopback Host
         yield c
 
 
@@ -78,7 +78,7 @@ def test_mcp_tool_errors_carry_the_http_reason_and_log_one_line(service, http, c
             http_error = (http.post(path, json=body) if body else http.get(path)).json()["error"]
             if tool != "retrieve":  # (HTTP refuses the 5,000 characters in its schema, with its own words)
                 assert http_error in text, (http_error, text)
-    assert "is not an image id" in _text(results[0]) and "No run" in _text(results[1])
+    assert "upload it to POST /search/image" in _text(results[0]) and "No run" in _text(results[1])
     assert "non-empty" in _text(results[2]) and "at most 2000" in _text(results[3])
     refused = [r for r in caplog.records if "refused" in r.getMessage()]
     assert len(refused) == len(cases) and not any(r.exc_info for r in caplog.records)

@@ -129,7 +129,7 @@ def create_app(service: Service, token: Optional[str] = None, mcp: bool = True, 
                                                         "results", thumbnails))
 
     @app.post("/similar", summary="Images like one already in the store (its id, a unique id prefix, or #N of a thread)",
-              response_model=ImageSearchResponse, responses=errors(400, 404, 413, 422))
+              response_model=ImageSearchResponse, responses=errors(400, 404, 409, 413, 422))
     async def similar(req: SimilarRequest) -> dict:
         return await service.retrieval(lambda: _thumbed(service.similar(req.image, req.k, req.thread_id), "results",
                                                         req.thumbnails))
@@ -178,12 +178,12 @@ def create_app(service: Service, token: Optional[str] = None, mcp: bool = True, 
         return await service.retrieval(service.runs, limit, q)
 
     @app.get("/runs/{run_id}", summary="One run's full record: every node's input and output",
-             response_model=RunRecord, responses=errors(404, 422))
+             response_model=RunRecord, responses=errors(404, 409, 422))
     async def run(run_id: str = RunId) -> dict:
         return await service.retrieval(service.run, run_id)
 
     @app.get("/runs/{run_id}/report", response_class=HTMLResponse, summary="One run as a self-contained HTML page",
-             responses=errors(404, 422))
+             responses=errors(404, 409, 422))
     async def report(run_id: str = RunId) -> HTMLResponse:
         return HTMLResponse(await service.retrieval(service.report_html, run_id))
 

@@ -21,6 +21,8 @@ from agent.state import Answer, AnswerRow
 WHITESPACE = "\t\n\x0b\x0c\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 NONBLANK = f"[^{WHITESPACE}]"
 MAX_ID = 200  # characters of a thread id or a run id
+# what /similar takes (service.Service._resolve_image): an id or its 6+ hex prefix, or #N of a thread's answer
+IMAGE_REF_PATTERN = r"^\s*(#[0-9]{1,6}|[0-9a-fA-F]{6,64})\s*$"
 
 
 def _a_number(v: Any) -> Any:
@@ -68,7 +70,8 @@ class AskRequest(BaseModel):
 class SimilarRequest(BaseModel):
     model_config = ConfigDict(strict=True)
 
-    image: str = Field(min_length=1, max_length=4096, pattern=NONBLANK,
+    # the pattern is stated in the schema only: the service checks it and says what to do instead (upload a file)
+    image: str = Field(min_length=1, max_length=MAX_ID, json_schema_extra={"pattern": IMAGE_REF_PATTERN},
                        description="A stored image id (or a unique prefix of 6+ hex characters of one), or #N of a "
                                    "thread's last answer (give thread_id). Never a path on the server: upload a "
                                    "file to /search/image.")
@@ -186,8 +189,9 @@ SSE_EVENT = {"type": "object", "required": ["event", "data"],
 ERROR_CAUSES = {
     400: "malformed JSON, or an empty upload",
     401: "missing or wrong token (send Authorization: Bearer $KGER_SERVE_TOKEN)",
-    403: "a browser page of another origin",
+    403: "a foreign Host (DNS rebinding protection) or a browser page of another origin",
     404: "no such image or run (or the server keeps no traces)",
+    409: "an id prefix that matches several images or runs: give more of it",
     413: "request body over the upload limit (16 MiB)",
     415: "the upload is not an image kger can read",
     422: "a field out of bounds or of the wrong type; the one line names it",

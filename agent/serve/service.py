@@ -163,12 +163,12 @@ class Service:
             raise RequestError(f"no image id starts with {prefix!r} in store '{self.store}'", 404)
         if len(hits) > 1:
             raise RequestError(f"image id prefix {prefix!r} is ambiguous: it matches {len(hits)} images in store "
-                               f"'{self.store}'; give more of it", 422)
+                               f"'{self.store}'; give more of it", 409)
         return hits[0]
 
     def _thread_row(self, n: int, thread_id: Optional[str]) -> str:
         if not thread_id:
-            raise RequestError(f"#{n} needs the thread_id of the answer it ranks", 422)
+            raise RequestError(f"there is no image #{n} without the thread_id of the answer it ranks", 404)
         state = self.assistant.graph.get_state({"configurable": {"thread_id": check_text(thread_id, "thread_id")}})
         answer = (state.values or {}).get("answer")
         rows = answer.rows if answer is not None else []
@@ -201,8 +201,8 @@ class Service:
 
         try:
             return self._traces().get_run(check_text(run_id, "run id"))
-        except AmbiguousRunError as e:
-            raise RequestError(str(e), 422) from None
+        except AmbiguousRunError as e:  # a valid prefix that names several runs: a conflict, not a bad field
+            raise RequestError(str(e), 409) from None
         except UnknownRunError as e:
             raise RequestError(str(e), 404) from None
 
