@@ -170,6 +170,8 @@ def conversation(chat_gallery) -> dict:
         screens["vc_open"] = term.turn("vocal cords open")
         screens["no_such"] = term.turn("more like number 9")
         screens["brackets"] = term.turn("[/x] left ear [red]")
+        screens["vague"] = term.turn("redness and swelling")  # no region: the chat asks back (agent/reflect.py)
+        screens["resolved"] = term.turn("the nose")
         mark = term.send("\x04")  # Ctrl-D at an empty prompt quits
         status = term.wait()
         screens["end"] = plain(term.raw[mark:])
@@ -322,6 +324,15 @@ def test_ctrl_c_cancels_the_turn_not_the_session(cancelled):
     assert "API key rejected (HTTP 401)" in s["after_cancel"]  # the next turn fell back, and said why
     assert after["status"] == "ok" and len({r["thread_id"] for r in runs}) == 1
     assert cancelled["requests"] == 2 and cancelled["status"] == 0
+
+
+def test_a_description_naming_no_region_is_asked_back_and_the_next_message_resolves_it(conversation):
+    vague, resolved = conversation["screens"]["vague"], conversation["screens"]["resolved"]
+    assert "names no region" in vague and "which do you mean?" in vague
+    assert len(table_rows(vague)) == 5  # the best guesses below the question
+    rows = table_rows(resolved)
+    assert "redness and swelling (the nose)" in resolved and "which do you mean" not in resolved
+    assert rows and all(r["class"].startswith("nose") for r in rows), rows
 
 
 def test_bad_follow_up_and_markup_in_a_description(conversation):
