@@ -329,7 +329,7 @@ def test_ctrl_c_cancels_the_turn_not_the_session(cancelled):
 def test_a_description_naming_no_region_is_asked_back_and_the_next_message_resolves_it(conversation):
     vague, resolved = conversation["screens"]["vague"], conversation["screens"]["resolved"]
     assert "names no region" in vague and "which do you mean?" in vague
-    assert len(table_rows(vague)) == 5  # the best guesses below the question
+    assert len(table_rows(vague)) == 3  # the best guesses below the question (k is 3 since "/k 3")
     rows = table_rows(resolved)
     assert "redness and swelling (the nose)" in resolved and "which do you mean" not in resolved
     assert rows and all(r["class"].startswith("nose") for r in rows), rows
@@ -353,7 +353,7 @@ def test_one_thread_per_session_every_turn_traced(conversation):
     asked = [r["input"] for r in runs]
     assert asked == ["left ear, tympanic membrane", "only the right side", "more like number 2",
                      "right ear, tympanic membrane", "nose, left nasal cavity", "left ear", "vocal cords open",
-                     "more like number 9", "[/x] left ear [red]"]
+                     "more like number 9", "[/x] left ear [red]", "redness and swelling", "the nose"]
     assert [r["llm"] for r in runs if r["input"] == "left ear"] == ["gemini"]
     assert {r["kind"] for r in runs} == {"chat"}
     assert len({r["thread_id"] for r in runs}) == 1
