@@ -10,7 +10,7 @@ LOCK    := requirements.lock
 EXTRAS  := dev,scale
 PIP     := pip==26.3
 
-.PHONY: venv browser demo test bench lock clean
+.PHONY: venv browser demo test bench lock clean mcp-client
 
 venv: $(STAMP)
 
@@ -30,7 +30,7 @@ demo: $(STAMP)
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) browser
+test: $(STAMP) browser mcp-client
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
@@ -51,3 +51,13 @@ lock:
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# An outside MCP client (langchain-mcp-adapters 0.3.2, which needs mcp<2) in its own venv; the test that uses it
+# skips without it (make test builds it, so CI runs it).
+MCPC    := .venv-mcpclient/.kger-installed
+mcp-client: $(MCPC)
+
+$(MCPC): requirements-mcpclient.lock
+	test -x .venv-mcpclient/bin/python || $(PY) -m venv .venv-mcpclient
+	.venv-mcpclient/bin/python -m pip install --quiet -r requirements-mcpclient.lock
+	touch $(MCPC)

@@ -7,14 +7,19 @@ records each node's update as the graph streams it, with the node's time measure
 """
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import HumanMessage, RemoveMessage
+from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
+from agent.cancel import check as check_cancelled
+from agent.cancel import current as current_token
+from agent.cancel import guard_writes
 from agent.context import Context, Planner
 from agent.core.limits import DEFAULT_POOL, MAX_TOOL_CALLS, pool_for
 from agent.core.events import events_for_update
@@ -26,10 +31,14 @@ from agent.plan import OfflinePlanner
 from agent.posfuse import FuseConfig
 from agent.state import Answer
 from retrieval.errors import InputError, KgerError
+from store.checkpoints import keep_latest, restore
 
 if TYPE_CHECKING:
     from retrieval.search import Searcher
     from store.traces import TraceDB
+
+log = logging.getLogger("kger.agent")
+
 
 def service_failure(e: BaseException) -> bool:
     """A failure of the store or a model during a turn (not bad input, not a bug): the turn's answer says so.
@@ -135,6 +144,7 @@ class Assistant:
             from langgraph.checkpoint.memory import InMemorySaver
 
             self.checkpointer = InMemorySaver(serde=serializer())
+        guard_writes(self.checkpointer)  # a cancelled turn left behind writes nothing (agent/cancel.py)
         self.graph = build_graph().compile(checkpointer=self.checkpointer)
         # one-shot turns (no thread given) never touch the persistent checkpointer: see `ask`
         from langgraph.checkpoint.memory import InMemorySaver
@@ -182,6 +192,21 @@ class Assistant:
             self._models[llm] = make_planner_and_judge(llm)
         return self._models[llm]
 
+    def cancel_turn(self, token) -> None:
+        """Undo a cancelled turn (agent/cancel.py calls it once the worker stopped or was left behind): the
+        run is 'cancelled', and its thread is as the last finished turn left it."""
+        if token.run_id and self.traces is not None:
+            self.traces.finish_run(token.run_id, answer=None, timings={}, status="cancelled")
+        if token.thread_id:
+            restore(self.checkpointer, token.thread_id, token.before)
+        if token.abandoned and token.llm not in (None, "offline"):
+            # its remote call still holds that model session (the circuit's first-call lock): start a fresh one
+            fresh = make_planner_and_judge(token.llm)
+            if token.llm == self.llm:
+                self.planner, self.judge = fresh
+            else:
+                self._models[token.llm] = fresh
+
     def ask(self, question: str, request: Optional[TurnRequest] = None, *,
             on_event: Optional[Callable[[str, dict], None]] = None, thread_id: Optional[str] = None,
             kind: Optional[str] = None) -> Answer:
@@ -221,6 +246,10 @@ class Assistant:
                       rounds=request.rounds, max_tool_calls=MAX_TOOL_CALLS, threaded=keep,
                       progress=(lambda payload: on_event("progress", payload)) if on_event is not None else None)
         config = {"configurable": {"thread_id": thread_id}}
+        token = current_token()
+        if token is not None:  # a cancellable turn (the chat): what undoing it needs
+            token.run_id, token.thread_id, token.llm = run_id, thread_id if keep else None, llm
+            token.before = self.checkpointer.get_tuple(config) if keep else None
         timings: dict[str, float] = {}
         seen: dict[str, Any] = {}  # the turn's state so far, from the updates
         judge_name = getattr(judge, "name", type(judge).__name__)
@@ -229,8 +258,9 @@ class Assistant:
         state: Optional[dict] = None
         failure: Optional[str] = None
         try:
-            for update in graph.stream({"messages": [HumanMessage(content=question)]}, config=config,
+            for update in graph.stream(turn_input(question), config=config,
                                        context=ctx, stream_mode="updates"):
+                check_cancelled()  # Ctrl-C in the chat: stop between steps (agent/cancel.py)
                 now = time.perf_counter()
                 for node, values in update.items():
                     timings[node] = round((now - last) * 1000, 2)
@@ -243,13 +273,18 @@ class Assistant:
                         on_event("node", {"node": node, "ms": timings[node]})
                 last = now
             state = graph.get_state(config).values
+            check_cancelled()
+        except KeyboardInterrupt:  # Ctrl-C (TurnCancelled in the chat's worker): the run is cancelled, not failed
+            if self.traces is not None:
+                self.traces.finish_run(run_id, answer=None, timings=timings, status="cancelled")
+            raise
         except Exception as e:
             failure = f"{type(e).__name__}: {e}"
             if self.traces is not None:
                 self.traces.finish_run(run_id, answer=None, timings=timings, status="error", error=failure)
             if not service_failure(e):
                 raise
-        except BaseException as e:  # Ctrl-C: the run is marked, the interrupt goes on
+        except BaseException as e:  # SystemExit and the like: the run is marked, the exit goes on
             if self.traces is not None:
                 self.traces.finish_run(run_id, answer=None, timings=timings, status="error",
                                        error=f"{type(e).__name__}: {e}")
@@ -257,6 +292,11 @@ class Assistant:
         finally:
             if not keep:
                 self._one_shot.checkpointer.delete_thread(thread_id)
+        if keep:  # the thread keeps the checkpoint the next turn starts from, not every step of every turn
+            try:
+                keep_latest(self.checkpointer, thread_id)
+            except Exception as e:  # a busy or full disk: the thread is only longer; the answer stands
+                log.warning("could not compact conversation thread %s: %s", thread_id, e)
         timings["total"] = round((time.perf_counter() - t0) * 1000, 2)
         answer = final_answer(question, state, seen, failure, run_id=run_id, llm=llm,
                               thread_id=thread_id if keep else None, timings=timings)
@@ -290,6 +330,15 @@ def turn_cost(seen: dict, usage) -> dict[str, int]:
         req, tok = counter.snapshot()
         cost.update(gemini_requests=req - req0, gemini_input_tokens=tok - tok0)
     return cost
+
+
+def turn_input(question: str) -> dict:
+    """A turn's input: the conversation's messages start afresh with the description. Why: every checkpoint
+    holds the whole message list, so keeping every turn's tool calls and results (each with its candidates)
+    made a thread's bytes per turn grow with its length (issue 20 §1). What a follow-up needs of earlier turns
+    is the previous `answer` (its question, constraints and rows; agent/state.py), which the state keeps; the
+    full record of every turn is in traces.db."""
+    return {"messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES), HumanMessage(content=question)]}
 
 
 def final_answer(question: str, state: Optional[dict], seen: dict, failure: Optional[str], *, run_id: str, llm: str,

@@ -76,12 +76,28 @@ def union(old: list[Candidate], new: list[Candidate]) -> list[Candidate]:
     return [c.model_copy(update={"rank": i}) for i, c in enumerate(merged, start=1)]
 
 
+def references(state: State) -> set[str]:
+    """Ids of the images this turn's `similar` calls started from ('#N' of the previous answer, or an id). A
+    "more like #2" answer never shows #2 itself: the tool leaves its reference out, and a corrective round's
+    text searches must not bring it back."""
+    rows = state.answer.rows if state.answer else []
+    refs: set[str] = set()
+    for m in state.messages:
+        for c in (m.tool_calls if isinstance(m, AIMessage) else []) or []:
+            ref = str(c.get("args", {}).get("image") or "").strip() if c.get("name") == "similar" else ""
+            if ref.startswith("#") and ref[1:].isdigit() and 1 <= int(ref[1:]) <= len(rows):
+                refs.add(rows[int(ref[1:]) - 1].id)
+            elif ref:
+                refs.add(ref)
+    return refs
+
+
 def judge(state: State, runtime: Runtime[Context]) -> dict:
     ctx = runtime.context
     lists, errors = turn_results(state.messages)
     limit = round_limit(state.messages, ctx.pool)
     if state.round:  # a corrective round adds up to `limit` new images that meet, or may meet, its filters
-        known = {c.id for c in state.candidates}
+        known = {c.id for c in state.candidates} | references(state)
         found = [c for c in merge(lists, 10**6) if c.id not in known and c.filter_match is not False][:limit]
     else:
         found = merge(lists, limit)

@@ -22,6 +22,7 @@ def open_records() -> tuple[Optional["TraceDB"], Optional["BaseCheckpointSaver"]
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     from agent.graph import serializer
+    from store.checkpoints import compact, db_size
     from store.db import ReadOnlyStateError, open_db
     from store.paths import checkpoints_db_path, kger_home, traces_db_path
     from store.traces import TraceDB
@@ -40,6 +41,11 @@ def open_records() -> tuple[Optional["TraceDB"], Optional["BaseCheckpointSaver"]
     def setup(db) -> None:
         db.row_factory = None  # SqliteSaver reads plain tuples
         SqliteSaver(db, serde=serializer()).setup()
+        before = db_size(checkpoints_db_path())
+        threads = compact(db, serializer())  # once, for a file written before threads were bounded
+        if threads:
+            log.warning("checkpoints.db: %d conversation threads kept to their last turn (%s -> %s bytes); the full "
+                        "records stay in traces.db", threads, f"{before:,}", f"{db_size(checkpoints_db_path()):,}")
 
     try:
         checkpointer = SqliteSaver(open_db(checkpoints_db_path(), "the conversation checkpoints", setup),

@@ -1,9 +1,9 @@
 """The plan node and the offline planner.
 
-The planner is a chat model with the tools bound: it reads the stored planner prompt (the description in a
-delimited field, plus the previous turn for follow-ups) and answers with tool calls. Gemini does that over the
-network; `OfflinePlanner` does it deterministically with the ENT lexicon, behind the same chat-model interface,
-so the graph is identical in both modes. The prompt message (`PlannerPrompt`) also carries the description and
+The planner is a chat model with the tools bound: it reads the stored planner prompt (the description as read
+in a delimited field, the whole note as context in another, plus the previous turn for follow-ups) and answers
+with tool calls. Gemini does that over the network; `OfflinePlanner` does it deterministically with the ENT
+lexicon, behind the same chat-model interface, so the graph is identical in both modes. The prompt message (`PlannerPrompt`) also carries the description and
 the previous turn it was written from, so the offline planner reads them directly, never parsing the prompt.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from agent.context import Context
 from agent.prompts import bounded_user_text, escape_user_text, load_prompt
 from agent.state import Answer, State
 from retrieval.errors import InputError
-from retrieval.reading import parse, split_queries
+from retrieval.reading import parse, read, split_queries
 
 _ONLY_SIDE = re.compile(r"^\W*(?:only\s+(?:the\s+)?(left|right)(?:\s+side)?|(left|right)(?:\s+side)?\s+only)\W*$", re.I)
 
@@ -90,8 +90,11 @@ class OfflinePlanner(BaseChatModel):
 
 
 def planner_messages(question: str, previous: Optional[Answer]) -> list[BaseMessage]:
-    """The stored planner prompt with the description in its delimited field, and the previous turn."""
-    body = load_prompt("planner").format(description=escape_user_text(question))
+    """The stored planner prompt, the previous turn appended. A model plans from the description as read
+    (retrieval/reading.py: its request sentence, no negated or normal part, typos corrected), so its queries
+    never carry "no polyps" or "TMs intact"; the whole note follows in its own field, marked as context only."""
+    body = load_prompt("planner").format(description=escape_user_text(read(question).focus),
+                                         note=escape_user_text(question))
     prev = None
     if previous:
         prev = {"question": previous.question, "constraints": previous.constraints,

@@ -34,6 +34,7 @@ from langgraph.runtime import Runtime
 
 from agent.context import Context
 from agent.evidence import usual_best, weak_notice
+from agent.replan import next_calls, ranked
 from agent.state import State
 from retrieval.lexicon import class_site, classes_for
 from retrieval.reading import parse
@@ -82,13 +83,6 @@ class Decision:
 
 def _class(c) -> Optional[str]:
     return c.known_class() or c.predicted
-
-
-def ranked(state: State) -> list:
-    """(candidate, verdict) pairs by judge score, high first; ties by the union's retrieval order."""
-    by_id = {c.id: c for c in state.candidates}
-    pairs = [(by_id[v.id], v) for v in state.verdicts if v.id in by_id]
-    return sorted(pairs, key=lambda cv: (-cv[1].score, cv[0].rank))
 
 
 def may_satisfy(c, allowed: tuple) -> bool:
@@ -157,8 +151,6 @@ def region_split(state: State, s: Signals) -> Optional[str]:
 
 
 def decide(state: State, ctx: Context) -> Decision:
-    from agent.replan import next_calls
-
     s = signals(state, ctx)
     found = triggers(s)
     clarify = region_split(state, s) if state.round == 0 else None

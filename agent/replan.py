@@ -74,8 +74,15 @@ def turn_filters(state: State) -> dict:
     return out
 
 
+def ranked(state: State) -> list:
+    """(candidate, verdict) pairs by judge score, high first; ties by the union's retrieval order. Here, not
+    in agent/reflect.py, which imports this module: the signals and the next round's calls rank alike."""
+    by_id = {c.id: c for c in state.candidates}
+    pairs = [(by_id[v.id], v) for v in state.verdicts if v.id in by_id]
+    return sorted(pairs, key=lambda cv: (-cv[1].score, cv[0].rank))
+
+
 def offline_calls(state: State, ctx: Context, s: "Signals") -> list[dict]:
-    from agent.reflect import ranked
 
     r = state.round + 1
     filters = turn_filters(state)
@@ -104,7 +111,6 @@ def offline_calls(state: State, ctx: Context, s: "Signals") -> list[dict]:
 def results_block(state: State, limit: int = 10) -> str:
     """The round's results as data for a model planner: ids, scores, classes, short justifications."""
     from agent.prompts import escape_user_text
-    from agent.reflect import ranked
 
     rows = [{"id": c.id, "retrieval": round(c.score, 3), "judge": round(v.score, 3),
              "class": c.known_class() or c.predicted, "region_seen": v.region_seen,

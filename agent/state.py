@@ -11,9 +11,9 @@ from typing import Annotated, Literal, Optional
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph import add_messages
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
-from agent.judges.base import Verdict
+from agent.judges.base import Verdict, match_score
 from agent.posfuse import FusedRow
 from retrieval.candidate import Candidate
 
@@ -41,6 +41,12 @@ class AnswerRow(BaseModel):
     fused: float = Field(description="the fused score the answer is ordered by")
     formula: str = Field(description="the Pos-Fuse arithmetic that gives `fused`")
     demoted: Optional[str] = Field(default=None, description="why it is ranked after the rest, if it is")
+
+    @computed_field(description="the judge's score as a 0-100 match: the answer's first score column, readable "
+                                "on its own (`fused` only orders one answer); None when not judged")
+    @property
+    def match(self) -> Optional[int]:
+        return match_score(self.judge)
 
     @classmethod
     def of(cls, rank: int, cand: Candidate, verdict: Optional[Verdict], fused: FusedRow) -> "AnswerRow":
@@ -87,7 +93,9 @@ class Answer(BaseModel):
 @dataclass
 class InputState:
     messages: Annotated[list[AnyMessage], add_messages] = field(default_factory=list)
-    """The conversation: the user's descriptions, the planner's tool calls, the tools' results, the answers."""
+    """This turn's conversation: the description, the planner's tool calls, the tools' results, the reply. It
+    starts afresh each turn (agent/assistant.py `turn_input`): what follow-ups need of the previous turn is
+    `answer`, so a thread's checkpoint stays the size of one turn, however long the thread."""
 
 
 @dataclass
@@ -134,4 +142,5 @@ class State(InputState):
     """Every candidate in the answer's order, with its Pos-Fuse arithmetic (the answer keeps the top k)."""
 
     answer: Optional[Answer] = None
-    """The last answer; kept across turns so follow-ups can refer to it."""
+    """The last answer; kept across turns so follow-ups can refer to it (its question, constraints and at most
+    k rows: the bounded memory of a thread)."""

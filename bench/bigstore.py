@@ -48,3 +48,24 @@ def build(home: Path, folds: int = 10, n: int = 10000, export: bool = True):
     print(f"store: {g.count()} vectors x {bundle.dim}-d; bundle: {folds} folds")
     g.close()
     return bundle
+
+
+def start_serve(home: Path, env: dict, timeout: float = 180):
+    """`kger serve --port 0` over `home` in its own process; (process, base URL) once it has printed it."""
+    import re
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    log = home / "serve.log"
+    no_token = [] if env.get("KGER_SERVE_TOKEN") else ["--no-token"]  # a loopback bench server
+    proc = subprocess.Popen([sys.executable, "-c", "from agent.cli import main; main()", "serve", "--port", "0",
+                             *no_token], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=root)
+    deadline = time.monotonic() + timeout
+    while not (m := re.search(r"(http://127\.0\.0\.1:\d+)", log.read_text())):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"kger serve did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.2)
+    return proc, m.group(1)

@@ -12,7 +12,10 @@ training/heldout.py), `kger train`, the held-out images indexed blind (`kger ind
 - the 7 plain class names ("left ear", ..., class-level truth), and
 - the ENTRep descriptions whose image's class is known (annotations t2i.json joined with cls.json), scored at
   region level (ear / nose / throat / larynx: R@1 = the top-1 image is from the right region);
-plus image-to-image class P@5 among the held-out images, the head's ECE before/after calibration, how many
+plus image-to-image search among the held-out images through `Searcher.similar` (what `kger search --image`,
+serve /similar and MCP similar answer), old (the ensemble vector) against new (the bundle's image-to-image
+similarity): class P@1 / P@5, the same-side share of the top 5 for ear and nose queries, and each held-out image
+mirrored (the other side is the answer); the head's ECE before/after calibration, how many
 held-out images get a trusted prediction and how many of those are right, and how well three familiarity
 scores separate held-out real images from greyscale copies of them and the demo's synthetic drawings (AUROC).
 """
@@ -36,9 +39,10 @@ sys.path.insert(0, str(ROOT))
 from retrieval import lexicon  # noqa: E402
 from retrieval.bundle import load_bundle  # noqa: E402
 from retrieval.manifest import file_sha256, read_manifest  # noqa: E402
-from retrieval.preprocess import load_for_model  # noqa: E402
+from retrieval.preprocess import load_array, load_for_model  # noqa: E402
 from retrieval.trust import descriptor, familiarity  # noqa: E402
 from training.heldout import split_per_class, write_entrep_layout  # noqa: E402
+from training.simfit import figures, other_side, refit, region_side  # noqa: E402
 from training.synthetic import make_gallery  # noqa: E402
 from training.train import train_from_path  # noqa: E402
 
@@ -84,11 +88,60 @@ def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
 
 
-def i2i_p5(vecs: np.ndarray, classes: list[str]) -> float:
-    sims = vecs @ vecs.T
-    np.fill_diagonal(sims, -np.inf)
-    hits = [np.mean([classes[j] == classes[i] for j in np.argsort(-row)[:5]]) for i, row in enumerate(sims)]
-    return float(np.mean(hits))
+def i2i(home: Path, store: str, held_dir: Path, held: dict[str, str], names: list[str]) -> dict:
+    """Image-to-image figures of the held-out store, old (ensemble vector) and new (Searcher.similar)."""
+    from retrieval.search import Searcher
+    from store.gallery import Gallery
+
+    mirror_dir = held_dir.parent / "mirrored"
+    mirror_dir.mkdir(exist_ok=True)
+    gallery = Gallery.open(store, home=home)
+    try:
+        searcher = Searcher.for_gallery(gallery)
+        new_ok = searcher.similarity() is not None
+        out = {}
+        for kind in ("old", "new"):
+            rows = {"plain": ([], []), "mirrored": ([], [])}
+            for n in names:
+                path = held_dir / "imgs" / n
+                mirrored = mirror_dir / n
+                if not mirrored.exists():
+                    Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+                for q, want, key in ((path, held[n], "plain"), (mirrored, other_side(held[n]), "mirrored")):
+                    if kind == "new":
+                        got = searcher.similar(str(q), 5)
+                    else:  # the ensemble vector, as every door ranked before issue 21
+                        own = file_sha256(q)
+                        stored = gallery.get([own], include_embeddings=True)
+                        enc = searcher.encoder
+                        vec = stored[0].embedding if stored else enc.encode_images(
+                            load_array(q, enc.image_size, enc.mean, enc.std)[None])[0][0]
+                        got = [c for c in searcher.by_vector(vec, 6) if c.id != own][:5]
+                    rows[key][0].append(want)
+                    rows[key][1].append([held[Path(c.path).name] for c in got])
+            out[kind] = {key: _figures(w, g) for key, (w, g) in rows.items()}
+        out["new_is_similarity"] = new_ok
+        return out
+    finally:
+        gallery.close()
+
+
+def _figures(want: list[str], got: list[list[str]]) -> dict:
+    """figures() over ranked class lists (a one-hot similarity row per query's top 5)."""
+    rows = np.full((len(want), 5 * len(want)), -np.inf)
+    cols = []
+    for i, g in enumerate(got):
+        for r, c in enumerate(g):
+            rows[i, len(cols)] = 5 - r
+            cols.append(c)
+    rows = rows[:, :len(cols)]
+    fig = figures(rows, want, cols, [-1] * len(want))
+    for region in ("ear", "nose"):
+        sel = [i for i, w in enumerate(want) if region_side(w)[0] == region]
+        fig[f"same_side_{region}"] = figures(rows[sel], [want[i] for i in sel], cols, [-1] * len(sel))["same_side"]
+    sided = [i for i, w in enumerate(want) if region_side(w)[1] is not None]
+    fig["P@1_sided"] = figures(rows[sided], [want[i] for i in sided], cols, [-1] * len(sided))["P@1"]
+    return fig
 
 
 def greyscale_copies(paths: list[Path], out: Path) -> list[Path]:
@@ -112,6 +165,10 @@ def run_split(seed: int, args, work: Path) -> dict:
     home, store = root / "home", f"blind{seed}"
     if args.reuse and (root / "index.json").is_file():  # a finished split of an earlier run: re-measure only
         manifest, index = read_manifest(bundle_dir), json.loads((root / "index.json").read_text())
+        if not manifest.get("similarity"):  # trained before issue 21: fit it now, add the vectors to the store
+            manifest["similarity"] = refit(bundle_dir, root / "train")
+            kger("index", str(root / "held" / "imgs"), "--bundle", str(bundle_dir), "--no-labels", "--store",
+                 store, home=home)
     else:
         manifest = train_from_path(root / "train", bundle_dir, folds=args.folds, epochs=args.epochs,
                                    views=args.views, seed=seed, progress=False)
@@ -165,7 +222,8 @@ def run_split(seed: int, args, work: Path) -> dict:
                    for name, doc in evals.items()},
         "evaluated": {name: doc["evaluated"] for name, doc in evals.items()},
         "tune_fusion": {name: doc.get("tune_fusion") for name, doc in evals.items()} if args.tune_fusion else None,
-        "i2i_p5": i2i_p5(vecs, truth),
+        "i2i": i2i(home, store, root / "held", held, names),
+        "similarity_fit": manifest.get("similarity"),
         "ece_before": cal.get("ece_before"), "ece_after": cal.get("ece_after"), "temperature": cal.get("temperature"),
         "thresholds": cal.get("thresholds"), "familiar_at": (cal.get("familiarity") or {}).get("threshold"),
         "held_familiar": sum(a.familiar for a in assessed),
@@ -192,10 +250,18 @@ def table(results: list[dict]) -> str:
         for name, st in r["stages"].items():
             cells = [f"{st[s]['R@1']:.2f} / {st[s]['MRR']:.2f}" if s in st else "-" for s in STAGES]
             lines.append(f"| {r['seed']} | {name} ({r['evaluated'][name]}) | " + " | ".join(cells) + " |")
-    lines += ["", "| split | i2i P@5 | ECE before -> after | T | held familiar | trusted (right class / region+side) "
-                  "| grey untrusted | synthetic untrusted |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "Image to image (held-out gallery; old = ensemble vector, new = Searcher.similar):",
+              "| split | vector | P@1 | P@5 | same side ear / nose | mirrored: other side P@1 (sided) | "
+              "mirrored same side ear / nose |", "|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['seed']} | {r['i2i_p5']:.2f} | {r['ece_before']} -> {r['ece_after']} | {r['temperature']} "
+        for kind in ("old", "new"):
+            p, m = r["i2i"][kind]["plain"], r["i2i"][kind]["mirrored"]
+            lines.append(f"| {r['seed']} | {kind} | {p['P@1']:.2f} | {p['P@5']:.2f} | {p['same_side_ear']} / "
+                         f"{p['same_side_nose']} | {m['P@1_sided']} | {m['same_side_ear']} / {m['same_side_nose']} |")
+    lines += ["", "| split | ECE before -> after | T | held familiar | trusted (right class / region+side) "
+                  "| grey untrusted | synthetic untrusted |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['seed']} | {r['ece_before']} -> {r['ece_after']} | {r['temperature']} "
                      f"| {r['held_familiar']}/{r['n_held']} | {r['trusted']}/{r['n_held']} ({r['trusted_right_class']} "
                      f"/ {r['trusted_right_region_side']}) | {r['grey_untrusted']} | {r['synthetic_untrusted']} |")
     conf = sorted((c for r in results for c in r["confident"]), reverse=True)

@@ -29,6 +29,12 @@ at 1M); count() is still timed apart (count() ms), since `kger index` and `kger 
 Rows saved without `variant` (marked v1) were measured with that count inside each query, and the two-stage
 class filter as a Chroma `where`; in variant 2 rows a plain store's class filter was Chroma's `where` alone.
 
+- `similar`: "more like this" as `Searcher.similar` asks it (issue 21): the image-to-image collection beside
+  the gallery (store/similar.py) holds `--sim-dim`-d vectors (default 263: the side, colour and class blocks a
+  fitted bundle stores; 455 with the trunk block), simulated as the first dims of the same vectors, renormalised;
+  a query is its top-10 there plus the 10 records' metadata and vectors from the gallery. Recall@10 against
+  exact search over those vectors; unfiltered only.
+
 Measured per store: upsert (build) rate, size on disk (with the row file), resident memory (the server's, or
 this process's growth for embedded stores; the row file is in the page cache, not counted), query latency
 p50/p95 for top-10 with and without a class filter, recall@10.
@@ -157,6 +163,26 @@ def bench_plain(label: str, gallery, data, cls, queries, truth, disk: Path, pid:
     return [{**row, "rss_mb": rss_mb(pid) - (rss0 if pid == os.getpid() else 0)}]
 
 
+def bench_similar(label: str, gallery, data, cls, queries, disk: Path, pid: int, dim: int) -> list[dict]:
+    sims, qs = sd.normalise(data[:, :dim]), sd.normalise(queries[:, :dim])
+    truth = {"all": sd.exact_topk(sims, qs), "q_cls": np.zeros(len(qs), dtype=int)}
+    rss0 = rss_mb(pid)
+    t0 = time.perf_counter()
+    fill(label, gallery, data, cls)
+    for s in range(0, len(sims), CHUNK):
+        e = min(len(sims), s + CHUNK)
+        gallery.similar().upsert([f"v{i:07d}" for i in range(s, e)], sims[s:e], [CLASSES[c] for c in cls[s:e]], "sim")
+    row = {"upsert_per_s": len(data) / (time.perf_counter() - t0), "dims": dim, "disk_mb": du_mb(disk)}
+
+    def search(q, where, mode):  # as Searcher._similar_by: the top 10 by similarity, then their records
+        found = gallery.similar().query(q, 10)
+        gallery.get([i for i, _ in found], include_embeddings=True)
+        return [int(i[1:]) for i, _ in found]
+
+    row.update(time_queries(search, qs, truth, ("all",)))
+    return [{**row, "rss_mb": rss_mb(pid) - (rss0 if pid == os.getpid() else 0)}]
+
+
 def choose_projection(basis, data, rows, queries, truth_all, n_cand: int) -> tuple[str, object, dict]:
     """Of the two 64-d projections, the one with more recall when the first stage is exact (no ANN)."""
     found = {}
@@ -233,9 +259,12 @@ def stores(args, n: int, work: Path) -> list[dict]:
             g, pid = Gallery.open("scale", home=disk, create=True), os.getpid()
         try:
             g.bind_bundle(f"simulated-{args.data}", "simulated", sd.FOLD_DIM if two else sd.DIM)
-            bench = bench_twostage if two else bench_plain
-            extra = (args.candidates,) if two else ()
-            got = bench(kind, g, data, cls, queries, truth, disk, pid, *extra)
+            if kind == "similar":
+                got = bench_similar(kind, g, data, cls, queries, disk, pid, args.sim_dim)
+            else:
+                bench = bench_twostage if two else bench_plain
+                extra = (args.candidates,) if two else ()
+                got = bench(kind, g, data, cls, queries, truth, disk, pid, *extra)
             count = count_ms(g)
             g.close()
         finally:
@@ -371,6 +400,7 @@ def main() -> None:
     ap.add_argument("--data", choices=("folds", "random"), default="folds")
     ap.add_argument("--fold-noise", type=float, default=sd.FoldsSpec.fold_noise, help="folds data: fold disagreement")
     ap.add_argument("--candidates", default="100,200,400", help="two-stage: first-stage sizes N to measure")
+    ap.add_argument("--sim-dim", type=int, default=263, help="similar: image-to-image vector dims")
     ap.add_argument("--ray-only", action="store_true")
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--folds", type=int, default=10)

@@ -8,9 +8,7 @@ Builds a 10-fold bundle (with its ONNX export) and a store of `--store-size` vec
 from __future__ import annotations
 
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.bigstore import QUESTIONS, build, parser  # noqa: E402
+from bench.bigstore import QUESTIONS, build, parser, start_serve  # noqa: E402
 
 
 def main() -> None:
@@ -33,16 +31,9 @@ def main() -> None:
     build(home, args.folds, args.store_size, export=True)
     env = dict(os.environ, KGER_HOME=str(home), PYTHONPATH=os.pathsep.join(
         filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
-    log = home / "serve.log"
-    proc = subprocess.Popen([sys.executable, "-c", "from agent.cli import main; main()", "serve", "--port", "0"],
-                            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    proc, base = start_serve(home, env, timeout=120)
     try:
-        deadline = time.monotonic() + 120
-        while not (m := re.search(r"kger serve: (http://\S+)", log.read_text())):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"kger serve did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
-        with httpx.Client(base_url=m.group(1), timeout=60) as c:
+        with httpx.Client(base_url=base, timeout=60) as c:
             health = c.get("/health").json()
             for q in QUESTIONS[:3]:
                 c.post("/ask", json={"text": q, "k": 5}).raise_for_status()  # warm-up

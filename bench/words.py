@@ -57,7 +57,7 @@ def evaluate(home: Path) -> dict:
     from agent.plan import plan_description
     from retrieval import lexicon
 
-    plain = getattr(lexicon, "parse_plain", lexicon.parse)
+    plain = getattr(lexicon, "parse_plain", None) or lexicon.parse  # (main has no lexicon.parse any more)
     try:  # the description parser: retrieval/reading.py now, lexicon.parse before it existed
         from retrieval.reading import parse as described
     except ImportError:

@@ -164,6 +164,9 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         if verify and file_sha256(fp) != manifest["files"].get(name):
             raise BundleError(f"bundle file {fp} is corrupt (checksum differs from the manifest)")
         load_fold(ens, path, f)
+    from retrieval.similarity import Similarity
+
+    ens.similarity = Similarity.from_manifest(manifest)
     return Bundle(ensemble=ens.eval(), manifest=manifest, path=str(path.resolve()))
 
 

@@ -40,6 +40,7 @@ class FoldEnsemble(nn.Module):
         self.mean, self.std = backbone.mean, backbone.std
         self.text_path = text_path
         self.classes: list[str] | None = list(classes) if classes else None
+        self.similarity = None  # the bundle's image-to-image similarity (retrieval/similarity.py), set by load_bundle
         self.image_trunk, self.text_trunk = image_trunk, text_trunk
         self.image_tops = nn.ModuleList()
         self.text_tops = nn.ModuleList()

@@ -3,6 +3,8 @@
 Resumable because ids are content hashes and each batch is upserted as soon as it is encoded: after a
 `kill -9`, a rerun finds what is already stored and encodes only the rest. A video becomes one item per kept
 frame (retrieval/video.py); `plan_items` and `encode_batch` are shared with the Ray path (retrieval/ray_index.py).
+Each record also gets its image-to-image vector (retrieval/similarity.py) in the store's second collection
+(store/similar.py); records stored before that collection existed get theirs when the same command reruns.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import torch
 
 from retrieval.manifest import file_sha256
 from retrieval.preprocess import IMAGE_SUFFIXES, ImageLoadError, load_for_model
+from retrieval.similarity import UNTRAINED, Similarity
+from retrieval.similarity import encode as similarity_vectors
 from retrieval.video import VIDEO_SUFFIXES, extract_frames
 
 log = logging.getLogger("kger.index")
@@ -153,9 +157,15 @@ def plan_items(
     return items
 
 
+def similarity_of(ens) -> Similarity:
+    """The bundle's image-to-image similarity (set on the ensemble by `load_bundle`), else the untrained one."""
+    return getattr(ens, "similarity", None) or Similarity(dict(UNTRAINED))
+
+
 def encode_batch(ens, chunk: list[Item], labels: dict[str, str], load: Callable = None, trust=None):
-    """Encode one batch: (ids, vectors, metadatas, [(path, reason) skipped]). `load(path)` may be a pool's map;
-    `trust` (retrieval/trust.py, from a calibrated bundle) decides which predictions may act like labels."""
+    """Encode one batch: (ids, vectors, metadatas, [(path, reason) skipped], image-to-image vectors).
+    `load(path)` may be a pool's map; `trust` (retrieval/trust.py, from a calibrated bundle) decides which
+    predictions may act like labels."""
     size, mean, std = ens.spec.image_size, ens.mean, ens.std
     results = (load or (lambda ps: [_try_load(p, size, mean, std) for p in ps]))([p for _, p, _ in chunk])
     ok, tensors, skipped = [], [], []
@@ -166,18 +176,34 @@ def encode_batch(ens, chunk: list[Item], labels: dict[str, str], load: Callable 
             ok.append(item)
             tensors.append(got)
     if not tensors:
-        return [], None, [], skipped
+        return [], None, [], skipped, None
     x = torch.stack(tensors)
     with torch.no_grad():
         vecs, logits, feats = ens.encode_images_detailed(x)
         probs = None if logits is None else logits.softmax(-1).mean(0).numpy()
         assessed = trust.assess(logits, feats, x) if trust is not None and logits is not None else None
+        sims = similarity_vectors(ens, similarity_of(ens), x, feats, vecs, logits)
     metas = [
         metadata_for(p, i, labels, ens.classes, None if probs is None else probs[j], base,
                      None if assessed is None else assessed[j])
         for j, (i, p, base) in enumerate(ok)
     ]
-    return [i for i, _, _ in ok], vecs, metas, skipped
+    return [i for i, _, _ in ok], vecs, metas, skipped, sims
+
+
+def store_batch(gallery, ens, ids: list[str], vecs, metas: list[dict], sims) -> None:
+    """Upsert a batch's records and their image-to-image vectors (one id in both collections)."""
+    gallery.upsert(ids, vecs, metas)
+    gallery.similar().upsert(ids, sims, [m.get("cls") for m in metas], similarity_of(ens).id)
+
+
+def to_encode(gallery, items: list[Item]) -> tuple[list[Item], set[str]]:
+    """(items to encode, ids already in the gallery): new items, and stored ones still without an
+    image-to-image vector (a store indexed before it existed gets them on the next run)."""
+    ids = [i for i, _, _ in items]
+    present = gallery.existing_ids(ids)
+    with_sim = gallery.similar().existing_ids(sorted(present)) if present else set()
+    return [it for it in items if it[0] not in with_sim], present
 
 
 def _try_load(path, size, mean, std):
@@ -215,15 +241,15 @@ def index_images(
     paths, odd = find_images(root)
     for p, why in odd:
         skip(p, why)
+
     def partial(path, note: str) -> None:
         report.partial.append((str(path), note))
         if on_partial:
             on_partial(str(path), note)
 
     items = plan_items(hash_files(paths, report, skip), skip, every=every, frames_dir=frames_dir, partial=partial)
-    present = gallery.existing_ids([i for i, _, _ in items])
+    todo, present = to_encode(gallery, items)
     report.present = len(present)
-    todo = [it for it in items if it[0] not in present]
     done = 0
     if on_progress:
         on_progress(0, len(todo))
@@ -234,15 +260,17 @@ def index_images(
 
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            ids, vecs, metas, skipped = encode_batch(ens, chunk, labels, load, trust)
+            ids, vecs, metas, skipped, sims = encode_batch(ens, chunk, labels, load, trust)
             for p, why in skipped:
                 skip(p, why)
             if ids:
-                gallery.upsert(ids, vecs, metas)
-                report.indexed += len(ids)
-                report.trusted += sum(m.get("trusted") is True for m in metas)
+                store_batch(gallery, ens, ids, vecs, metas, sims)
+                new = [m for i, m in zip(ids, metas) if i not in present]
+                report.indexed += len(new)
+                report.trusted += sum(m.get("trusted") is True for m in new)
                 log.info("stored batch of %d (%d new so far)", len(ids), report.indexed)
             done += len(chunk)
             if on_progress:
                 on_progress(done, len(todo))
+    gallery.similar().mark_complete()
     return report

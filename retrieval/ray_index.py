@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from retrieval.indexer import IndexReport, encode_batch, find_images, hash_files, plan_items
+from retrieval.indexer import IndexReport, encode_batch, find_images, hash_files, plan_items, store_batch, to_encode
 from retrieval.video import VIDEO_SUFFIXES
 
 log = logging.getLogger("kger.index.ray")
@@ -87,22 +87,20 @@ class _Encoder:
 
         by_id = {str(i): Path(p) for i, p in zip(batch["id"], batch["path"])}
         items = plan_items(by_id, lambda p, why: row(p, "skipped", why), every=self.every, frames_dir=self.frames_dir)
-        present = self.gallery.existing_ids([i for i, _, _ in items])
-        todo = []
+        todo, present = to_encode(self.gallery, items)
+        encoding = {i for i, _, _ in todo}
         for item in items:
-            if item[0] in present:
+            if item[0] in present and item[0] not in encoding:
                 row(item[1], "present")
-            else:
-                todo.append(item)
         for start in range(0, len(todo), self.batch_size):
-            ids, vecs, metas, skipped = encode_batch(self.ens, todo[start : start + self.batch_size], self.labels,
-                                                       trust=self.trust)
+            ids, vecs, metas, skipped, sims = encode_batch(self.ens, todo[start : start + self.batch_size],
+                                                             self.labels, trust=self.trust)
             for p, why in skipped:
                 row(p, "skipped", why)
             if ids:
-                self.gallery.upsert(ids, vecs, metas)
-                for m in metas:
-                    row(m["path"], "indexed", trusted=m.get("trusted") is True)
+                store_batch(self.gallery, self.ens, ids, vecs, metas, sims)
+                for i, m in zip(ids, metas):
+                    row(m["path"], "present" if i in present else "indexed", trusted=m.get("trusted") is True)
         return out
 
 
@@ -164,6 +162,11 @@ def index_with_ray(
         finally:
             if started:
                 ray.shutdown()
+    gallery = open_store()  # every actor is done: record whether each record has its image-to-image vector
+    try:
+        gallery.similar().mark_complete()
+    finally:
+        gallery.close()
     log.info("ray: %s", json.dumps({"indexed": report.indexed, "present": report.present}))
     return report
 

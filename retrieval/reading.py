@@ -13,6 +13,9 @@ and the towers search.
   ("normal", "intact", "clear", "patent", "unremarkable", "not examined") removes its whole clause, region
   included, unless a later clause of the sentence gives that region a positive finding ("the tympanic
   membrane is intact but thickened"). A negated or normal part is never a query, so never a filter either.
+- A negated state with a degree ("do not close completely", "not fully open") is that state, partly; the phase
+  a negated part is said in ("no lesion on phonation") still names the phase. A deviation's direction
+  ("septum deviated to the left") is no side once the focus names the cavity's side ("right nasal cavity").
 - A section header that names a site scopes the sentences under it that name none ("Ears: right wax").
 - Typos are corrected against the lexicon's vocabulary (symspellpy's edit-distance lookup); a word that is a
   real English word (symspellpy's frequency dictionary) is never corrected, and a correction is kept only
@@ -95,6 +98,21 @@ _HISTORY_SENTENCE = re.compile(r"^\W*(?:\d+[\s-]*(?:year|yr|y)[\s-]*old|(?:a|an|
                                r"reports|complains|is|was|has)|presents|presenting|complains|c/o|history\s+of|hx\s+of|"
                                r"referred|previous|prior|known|s/p|since|for\s+the\s+(?:past|last)|he\s|she\s|they\s)",
                                re.I)
+
+# A negated state verb with a degree ("do not close completely", "not fully open") is a partial state: the
+# image is of that phase, with a gap. It is read as "incompletely close" before negation is looked at.
+_DEGREE = r"(?:fully|completely|entirely|totally|quite|properly|adequately|wholly)"
+_STATE_VERB = r"(?:open(?:s|ed|ing)?|clos(?:e|es|ed|ing)|adduct\w*|abduct\w*|approximat\w*|meet)"
+_NOT = r"(?:(?:do|does|did|is|are|was|were)\s+not|(?:do|does|did|is|are|was|were)n't|not)"
+_PARTIAL_RX = re.compile(rf"(?<![A-Za-z0-9]){_NOT}\s+(?:{_DEGREE}\s+({_STATE_VERB})|({_STATE_VERB})\s+{_DEGREE})"
+                         r"(?![A-Za-z0-9])", re.I)
+# The phase a negated part is said in ("do not close on phonation") still names the image's phase.
+_PHASE_RX = re.compile(r"(?<![A-Za-z0-9])(?:on|during|with|in)\s+(?:quiet\s+)?(?:phonation|inspiration|expiration"
+                       r"|respiration|breathing|inhalation)(?![A-Za-z0-9])", re.I)
+# "deviated to the left" says where the septum points, not which side is imaged, once another side is named.
+_DIRECTION_RX = re.compile(r"(?<![A-Za-z0-9])((?:deviat|convex|bow|buckl|shift|displac|spur|curv)\w*\s+"
+                           r"(?:[\w-]+\s+){0,3}?)(?:to(?:wards?)?|toward)\s+(?:the\s+)?(left|right)(?![A-Za-z0-9])",
+                           re.I)
 
 
 @dataclass(frozen=True)
@@ -197,7 +215,7 @@ def _header_adds(header: str, part: str) -> bool:
     """Whether a section header says where a sentence is that does not say it itself (site or side)."""
     head = lexicon.parse_plain(header)
     return ((_names_site(header) and not _names_site(part))
-            or (head.side in ("left", "right") and lexicon.parse_plain(part).side is None))
+            or (head.side in ("left", "right") and lexicon.parse_plain(_DIRECTION_RX.sub(r"\1", part)).side is None))
 
 
 def _location(span: str) -> str | None:
@@ -243,7 +261,9 @@ def _clauses(sentence: str) -> tuple[list[str], list[str]]:
             where = _location(clause[m.start():])
             if where:  # "no perforation in the right ear": the perforation is negated, not the ear
                 dropped_sites.append((where, None))
-            clause = clause[: m.start()].strip()
+            phase = _PHASE_RX.search(clause, m.start())
+            before = re.sub(r"\s+(?:do|does|did|is|are|was|were)$", "", clause[: m.start()].strip(), flags=re.I)
+            clause = " ".join(p for p in (before, phase and phase.group(0)) if p)
             if not clause or not re.search(r"[A-Za-z]", clause):
                 continue
             site = _names_site(clause)
@@ -306,12 +326,29 @@ def _read(text: str) -> Reading:
     return Reading(text, fallback, (), tuple(negated))
 
 
+def _partial_states(text: str) -> str:
+    """"do not close completely" -> "incompletely close": a degree of a state, not its absence."""
+    return _PARTIAL_RX.sub(lambda m: "incompletely " + (m.group(1) or m.group(2)), text)
+
+
+def _directions(focus: str) -> str:
+    """A deviation's direction ("septum deviated to the left") is no side once the focus names a side
+    elsewhere ("right nasal cavity, ..."): it is written "leftward", which the lexicon reads as no side."""
+    if not _DIRECTION_RX.search(focus):
+        return focus
+    rest = lexicon.parse_plain(_DIRECTION_RX.sub(r"\1", focus))  # the focus without the directions
+    if not any(p.side in ("left", "right") for p in rest.parts or (rest,)):
+        return focus
+    return _DIRECTION_RX.sub(lambda m: m.group(1) + m.group(2) + "ward", focus)
+
+
 @lru_cache(maxsize=4096)
 def read(text: str) -> Reading:
     """Read a description: corrections first, then the request, sections and negation decide the focus."""
     corrected, corrections = correct(text)
-    r = _read(corrected)
-    return Reading(text, r.focus.strip() or corrected, corrections, r.negated, r.context, r.request)
+    r = _read(_partial_states(corrected))
+    focus = _directions(r.focus.strip()) or corrected
+    return Reading(text, focus, corrections, r.negated, r.context, r.request)
 
 
 def parse(text: str) -> "lexicon.ParsedQuery":

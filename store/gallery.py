@@ -79,6 +79,7 @@ class Gallery:
         self._lock = lock
         self._bound: dict | None = None  # see `bundle`
         self._scratch: Any = None  # a read-only store's temporary copy, removed on close
+        self._similar: Any = None  # see `similar`
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -156,6 +157,14 @@ class Gallery:
                 f"by kger; pick another store name (`--store NAME`)"
             )
         return gallery
+
+    def similar(self):
+        """The store's image-to-image vectors (store/similar.py): a second collection beside this one."""
+        if self._similar is None:
+            from store.similar import SimilarIndex
+
+            self._similar = SimilarIndex(self, HNSW_CONFIG)
+        return self._similar
 
     def close(self) -> None:
         """Release Chroma's handles (an embedded store's SQLite file and HNSW files)."""

@@ -25,7 +25,7 @@ from store.paths import traces_db_path
 from store.redact import record, scrub_text
 
 KINDS = ("ask", "chat", "batch", "eval")
-FINAL_STATUSES = ("ok", "error")
+FINAL_STATUSES = ("ok", "error", "cancelled")  # cancelled: Ctrl-C in a chat turn (agent/cancel.py)
 INTERRUPTED_ERROR = "interrupted: the process writing this run ended before it finished"
 _JSON_COLUMNS = ("models", "answer", "timings")
 _HEX = re.compile(r"^[0-9a-f]+$")
@@ -227,16 +227,7 @@ class TraceDB(LockedDB):
     ) -> list[dict]:
         """Newest first (``limit`` 0 or None: all). ``text`` matches the input, ignoring case;
         ``since``/``until`` bound the start time (naive datetimes are local time)."""
-        where, params = [], []
-        if since is not None:
-            where.append("created >= ?")
-            params.append(to_utc_text(since))
-        if until is not None:
-            where.append("created <= ?")
-            params.append(to_utc_text(until))
-        if text:
-            where.append("instr(kger_casefold(input), ?) > 0")
-            params.append(text.casefold())
+        where, params = _run_filter(since, until, text)
         sql = (
             "select runs.*, (select count(*) from events where events.run_id = runs.id) as event_count from runs"
             + (" where " + " and ".join(where) if where else "")
@@ -247,6 +238,26 @@ class TraceDB(LockedDB):
             params.append(int(limit))
         with self._lock:
             return [_row(r) for r in self._db.execute(sql, params)]
+
+    def count_runs(self, since: datetime | None = None, until: datetime | None = None, text: str | None = None) -> int:
+        """How many runs `list_runs` with the same filters and no limit would return."""
+        where, params = _run_filter(since, until, text)
+        with self._lock:
+            return self._db.execute("select count(*) from runs" + (" where " + " and ".join(where) if where else ""),
+                                    params).fetchone()[0]
+
+    def short_ids(self, ids: list[str], least: int = 8) -> dict[str, str]:
+        """Each id's shortest prefix of at least `least` characters that no other stored run shares: what
+        `trace list` shows, and `resolve` accepts."""
+        out = {}
+        with self._lock:
+            for run_id in ids:
+                n = least
+                while n < len(run_id) and self._db.execute(
+                        "select count(*) from runs where substr(id, 1, ?) = ?", (n, run_id[:n])).fetchone()[0] > 1:
+                    n += 2
+                out[run_id] = run_id[:n]
+        return out
 
     def resolve(self, run_id: str) -> str:
         """The full id for an id or a unique prefix of one."""
@@ -266,7 +277,7 @@ class TraceDB(LockedDB):
             raise UnknownRunError(f"No run {run_id!r} in {self.path}: list recent runs with `kger trace list`")
         if len(matches) > 1:
             shown = ", ".join(m[: len(run_id) + 4] for m in matches[:5])
-            raise AmbiguousRunError(f"Run id prefix {run_id!r} matches several runs ({shown}, ...): give more of it")
+            raise AmbiguousRunError(f"Run id prefix {run_id!r} is ambiguous: it matches several runs ({shown}, ...); give more of it")
         return matches[0]
 
     def get_run(self, run_id: str) -> dict:
@@ -281,3 +292,18 @@ class TraceDB(LockedDB):
                 )
             ]
         return run
+
+
+def _run_filter(since: datetime | None, until: datetime | None, text: str | None) -> tuple[list[str], list]:
+    """The where-clauses and parameters of a run listing's filters."""
+    where, params = [], []
+    if since is not None:
+        where.append("created >= ?")
+        params.append(to_utc_text(since))
+    if until is not None:
+        where.append("created <= ?")
+        params.append(to_utc_text(until))
+    if text:
+        where.append("instr(kger_casefold(input), ?) > 0")
+        params.append(text.casefold())
+    return where, params

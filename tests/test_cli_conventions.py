@@ -116,6 +116,29 @@ def test_description_from_stdin(chat_gallery, tmp_path):
     assert [json.loads(line)["query"] for line in out.read_text().splitlines()] == ["left ear", "throat"]
 
 
+def test_the_first_score_column_is_the_judges_match_and_fused_is_under_why():
+    """Issue 23: the first score reads on its own (the judge's score, 0-100; "-" when not judged); the fused
+    score only orders one answer, so its Pos-Fuse arithmetic is under "why", not a column."""
+    from rich.console import Console
+
+    from agent.cli.ask import answer_table
+    from agent.state import Answer, AnswerRow
+
+    rows = [AnswerRow(rank=i, id=f"id{i}", path="/x.png", name=f"img{i}.png", label="ear-left", retrieval=0.46,
+                      judge=judge, fused=0.394, formula=f"(0.4*0.2975 + 0.6*0.5{i}) / 1 = 0.394")
+            for i, judge in ((1, 0.9), (2, 0.7), (3, None))]
+    console = Console(width=80, record=True, color_system=None)
+    console.print(answer_table(Answer(question="left ear", rows=rows)))
+    screen = console.export_text()
+    head = next(line for line in screen.splitlines() if line.startswith("┃"))
+    assert [c.strip() for c in head.split("┃")[1:-1]] == ["#", "image", "class", "match", "retrieval"]
+    body = [[c.strip() for c in line.split("│")[1:-1]] for line in screen.splitlines() if re.match(r"^│\s+\d+ │", line)]
+    assert [r[3] for r in body] == ["90", "70", "-"] and "0.394" not in "".join(map("".join, body))
+    assert screen.count("order: Pos-Fuse") == 3 and all(r.formula.split(" = ")[0][:20] in screen for r in rows)
+    dumped = Answer(rows=rows).model_dump()["rows"][0]  # --json: `match` is added, nothing renamed
+    assert (dumped["judge"], dumped["fused"], dumped["match"]) == (0.9, 0.394, 90)
+
+
 @pytest.mark.slow
 def test_answer_table_reads_at_80_columns_with_env_defaults(chat_gallery):
     """One line per image at 80 columns (reasons below); KGER_STORE and KGER_LLM are the defaults."""

@@ -7,6 +7,7 @@ images stands in for the NanoCLIP ensemble + Chroma (see test_cli_chat.py for th
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from datetime import datetime, timedelta
@@ -125,9 +126,23 @@ def test_list_human_table(traced, no_models, wide):
     shown = kger("trace", "list")
     assert shown.exit_code == 0
     for run in (traced.gemini, traced.hostile, traced.right):
-        assert run.run_id[:12] in shown.stdout
-    assert traced.left.run_id[:12] not in shown.stdout
+        assert run.run_id[:8] in shown.stdout
+    assert traced.left.run_id[:8] not in shown.stdout
     assert "only the right side" in shown.stdout and "ear-right" in shown.stdout  # the top image's class
+    assert "3 of 4 stored runs" in shown.stdout  # how many there are beyond the ones shown
+
+
+def test_list_at_80_columns_shows_whole_ids_that_show_accepts(traced, no_models, monkeypatch):
+    monkeypatch.setattr(out_console, "_width", 80)
+    shown = kger("trace", "list", "-n", "0")
+    assert shown.exit_code == 0 and "4 of 4 stored runs" in shown.stdout
+    ids = [line.split("│")[1].strip() for line in shown.stdout.splitlines()
+           if line.count("│") > 2 and line.split("│")[1].strip()[:1].isalnum()]
+    ids = [i for i in ids if re.fullmatch(r"[0-9a-f]{8,}", i)]
+    assert len(ids) == 4, shown.stdout  # each id whole on one line, never folded
+    for short in ids:
+        res = kger("trace", "show", short, "--no-pager")
+        assert res.exit_code == 0 and short in res.stdout
 
 
 # ------------------------------------------------------------------------------------------- show

@@ -73,7 +73,7 @@ def test_http_ask_and_search_honour_500_and_refuse_over_the_limit(big_searcher):
 
     from agent.serve.http import create_app
 
-    client = TestClient(create_app(_service(big_searcher), mcp=False))
+    client = TestClient(create_app(_service(big_searcher), mcp=False), base_url="http://127.0.0.1")  # a loopback Host
     r = client.post("/ask", json={"text": "left ear", "k": 500})
     assert r.status_code == 200 and len(r.json()["rows"]) == 500
     r = client.post("/search", json={"text": "left ear", "k": 500})

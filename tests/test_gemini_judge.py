@@ -376,7 +376,7 @@ def test_server_retry_hint_is_read():
 
 def test_stored_prompts_load_by_name():
     rerank, planner = load_prompt("rerank"), load_prompt("planner")
-    assert rerank.placeholders == {"description"} and planner.placeholders == {"description"}
+    assert rerank.placeholders == {"description"} and planner.placeholders == {"description", "note"}
     assert len(rerank.sha256) == 64 and rerank.sha256 != planner.sha256
     for word in ('"score"', '"justification"', '"region_seen"', "1.0", "0.7", "0.4", "0.1", "0.0"):
         assert word in rerank.format(description="x")

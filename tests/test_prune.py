@@ -62,7 +62,9 @@ def test_trace_prune_drops_old_runs_events_and_threads(word_searcher):
 
     r = runner.invoke(app, ["trace", "prune", "--before", "2000-01-01", "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["runs"] == 0
+    assert json.loads(r.stdout)["runs"] == 0 and json.loads(r.stdout)["bytes_freed"] == 0
+    r = runner.invoke(app, ["trace", "prune", "--before", "2000-01-01"])
+    assert r.exit_code == 0 and "Nothing to remove" in r.stdout and "freed" not in r.stdout
 
     r = runner.invoke(app, ["trace", "prune", "--before", "7d", "--json"])
     assert r.exit_code == 0, r.output

@@ -150,3 +150,35 @@ def test_every_vocabulary_word_is_the_lexicons():
         p = parse_plain(word)
         in_a_term = any(word in t for t in terms)  # "membrane" of "tympanic membranes?", "cord" of "vocal cords?"
         assert p.site or p.side or p.state or p.findings or in_a_term, word
+
+
+@pytest.mark.parametrize("text,filters", [
+    ("vocal cords do not close completely on phonation", {"region": "larynx", "state": "closed"}),
+    ("glottis not fully open", {"region": "larynx", "state": "open"}),
+    ("the vocal folds don't fully close", {"region": "larynx", "state": "closed"}),
+    ("cords are not completely abducted", {"region": "larynx", "state": "open"}),
+    ("vocal cords do not close on phonation", {"region": "larynx", "state": "closed"}),  # the phase stays
+    ("vocal cords open during quiet breathing with no lesion", {"region": "larynx", "state": "open"}),
+])
+def test_a_negated_state_with_a_degree_or_a_phase_keeps_the_state(text, filters):
+    """"not fully open" is a partly open glottis, not a closed or unknown one; "on phonation" names the phase."""
+    assert filters_of(text) == filters
+    assert all(c["args"].get("state") == filters["state"] for c in plan_description(text))
+
+
+def test_a_negated_state_without_a_degree_or_phase_still_says_nothing():
+    assert "state" not in filters_of("the glottis does not open")
+
+
+@pytest.mark.parametrize("text,side", [
+    ("right nasal cavity, septum deviated to the left", "right"),
+    ("left nasal cavity with septal deviation towards the right", "left"),
+    ("deviated septum to the left, right nasal cavity polyp", "right"),
+    ("deviation of the septum towards the right in the left nasal cavity", "left"),
+    ("Left nose: septum deviated to the right", "left"),
+    ("septum deviated to the left", "left"),  # the only side named: kept, as before
+])
+def test_a_deviations_direction_is_not_the_imaged_side(text, side):
+    """The side of the cavity is the request; "deviated to the left" only says where the septum points."""
+    assert filters_of(text) == {"region": "nose", "side": side}
+    assert {c["args"].get("side") for c in plan_description(text)} == {side}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -117,6 +118,25 @@ def test_render_run_shows_every_step(tmp_path):
     assert "ranked last: labelled ear-right" in text
     assert "tool error: similar: no image #9" in text
     assert "image not found" in text  # the missing file gets a placeholder, not a broken page
+
+
+def table_cells(html_text: str, cls: str) -> list[list[str]]:
+    """The header and body rows of the page's first table of class `cls`, as cell texts."""
+    table = re.search(rf'<table class="{cls}">(.*?)</table>', html_text, re.S).group(1)
+    return [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", tr, re.S)]
+            for tr in re.findall(r"<tr>(.*?)</tr>", table, re.S)]
+
+
+def test_the_first_score_is_the_judges_0_to_100_match(tmp_path):
+    """Issue 23: the first score column reads on its own (the judge's score, 0-100), not the fused score that
+    only orders one answer; the Pos-Fuse arithmetic stays beside it. Stored rows without `match` get it."""
+    run = make_run(tmp_path)
+    head, *body = table_cells(render_run(run), "answer")
+    assert head[:5] == ["#", "image", "class", "match", "retrieval"] and "Pos-Fuse formula" in head
+    assert [r[3] for r in body] == ["80", "50", "20"]
+    assert [r[head.index("Pos-Fuse formula")] for r in body] == [r["formula"] for r in run["answer"]["rows"]]
+    head, *body = table_cells(render_batch([run], "b"), "summary")
+    assert head == ["#", "description", "top image", "match", "status", "run"] and body[0][3] == "80"
 
 
 def test_thumbnails_are_inlined_jpegs(tmp_path):

@@ -4,58 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-KGER = [sys.executable, "-c", "from agent.cli import main; main()"]
-TOKEN = "s3cret-token-for-tests"
+from serving import KGER, ROOT, TOKEN, running_serve, serve_env
 
 pytestmark = pytest.mark.slow
-
-
-def _env(home: Path, **extra) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("GOOGLE_API_KEY", "KGER_ENCODER", "KGER_SERVE_TOKEN")}
-    env.update(KGER_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", ANONYMIZED_TELEMETRY="False",
-               PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
-               **extra)
-    return env
+_env = serve_env
 
 
 @pytest.fixture(scope="module")
 def server(chat_gallery, tmp_path_factory):
     """`kger serve --port 0` with a token (so every request is checked); yields (base url, home)."""
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(KGER + ["serve", "--port", "0"], cwd=ROOT, env=_env(chat_gallery, KGER_SERVE_TOKEN=TOKEN),
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    url = None
-    try:
-        while url is None:
-            m = re.search(r"kger serve: (http://127\.0\.0\.1:\d+)", log_path.read_text())
-            if m:
-                url = m.group(1)
-            elif proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"kger serve did not start: {log_path.read_text()[-3000:]}")
-            else:
-                time.sleep(0.2)
+    with running_serve(["--port", "0"], serve_env(chat_gallery, KGER_SERVE_TOKEN=TOKEN), log_path) as (url, _):
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
         yield url, chat_gallery
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -149,10 +116,15 @@ def test_token_is_checked_on_every_request(server):
             assert "token" in _one_line_error(r, 401)
 
 
-def test_binding_beyond_loopback_needs_a_token(chat_gallery):
-    r = subprocess.run(KGER + ["serve", "--host", "0.0.0.0", "--port", "0"], cwd=ROOT, env=_env(chat_gallery),
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "KGER_SERVE_TOKEN" in r.stderr and "Traceback" not in r.stderr
+def test_no_token_is_for_loopback_only_and_short_tokens_are_refused_beyond_it(chat_gallery):
+    for args, env, says in ((["--host", "0.0.0.0", "--no-token"], {}, "loopback only"),
+                            (["--host", "0.0.0.0"], {"KGER_SERVE_TOKEN": "x"}, "at least 16"),
+                            (["--host", "0.0.0.0"], {"KGER_SERVE_TOKEN": " "}, "blank"),
+                            (["--no-token"], {"KGER_SERVE_TOKEN": TOKEN}, "choose one")):
+        r = subprocess.run(KGER + ["serve", "--port", "0", *args], cwd=ROOT, env=_env(chat_gallery, **env),
+                           capture_output=True, text=True, timeout=120)
+        flat = " ".join(r.stderr.replace("│", " ").split())  # the usage error box wraps long lines
+        assert r.returncode == 2 and says in flat and "Traceback" not in r.stderr, (args, r.stderr)
 
 
 def test_mcp_stdio_session_lists_tools_and_answers(chat_gallery):
@@ -204,3 +176,33 @@ def test_mcp_over_streamable_http_with_the_token(server):
     assert not retrieved.is_error
     assert [r["label"] for r in retrieved.structured_content["results"]] == ["nose-right"] * 3
     assert not asked.is_error and asked.structured_content["rows"][0]["label"] == "ear-left"
+
+
+def test_cli_http_and_mcp_similar_give_one_ranking(server, client, entrep_train):
+    """Issue 21: `kger search --image`, POST /similar and MCP `similar` all rank by `Searcher.similar` (the
+    image-to-image vectors the store holds), so the same image gets the same neighbours at every door."""
+    import anyio
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    url, home = server
+    image = sorted((entrep_train / "imgs").glob("*.png"))[0]
+    own = hashlib.sha256(image.read_bytes()).hexdigest()
+    out = subprocess.run(KGER + ["search", "--image", str(image), "--k", "6", "--json"], cwd=ROOT, env=_env(home),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    cli = [r["id"] for r in json.loads(out.stdout)["results"] if r["id"] != own][:5]
+    r = client.post("/similar", json={"image": own, "k": 5})
+    assert r.status_code == 200, r.text
+    http = [x["id"] for x in r.json()["results"]]
+
+    async def session():
+        h = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=httpx2.Timeout(30, read=300))
+        async with h, Client(streamable_http_client(url + "/mcp/", http_client=h)) as c:
+            return await c.call_tool("similar", {"image": own, "k": 5})
+
+    mcp = anyio.run(session)
+    assert not mcp.is_error
+    assert len(cli) == 5 and cli == http == [x["id"] for x in mcp.structured_content["results"]]
+    assert "image-to-image" not in out.stderr  # the store has the vectors: no fallback notice

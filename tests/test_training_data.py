@@ -33,6 +33,7 @@ def test_entrep_layout_on_the_real_folder(entrep_train, entrep_labels):
     # 70 files, two of which are the same throat image under two names: one item, not two
     assert len(ds.items) == 69 and len({it.sha for it in ds.items}) == 69
     assert ds.class_counts()["throat"] == 9 and ds.class_counts()["ear-left"] == 10
+    assert len(ds.duplicates) == 1 and ds.summary().endswith("; 0 skipped, 1 duplicate file")  # as index says
     t2i = json.loads((entrep_train / "t2i.json").read_text())
     by_name = {it.name: it for it in ds.items}
     for text, name in t2i.items():

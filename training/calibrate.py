@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -156,3 +156,11 @@ def calibrate(ens, views, splits, paths: Sequence[Path], out) -> dict:
                         "n_reference": len(paths), "quantile": FAMILIAR_QUANTILE, "slack": FAMILIAR_SLACK,
                         "loo_min": round(float(loo.min()), 4) if len(loo) else None},
     }
+
+
+def thresholds_text(thresholds: Optional[dict]) -> str:
+    """Trust thresholds as a person reads them: 'ear-left >= 0.93, nose-right never, ...' (never: no
+    confidence was shown precise enough, so that class's predictions are not trusted as labels)."""
+    if not thresholds:
+        return "none"
+    return ", ".join(f"{name} {'never' if t > 1 else f'>= {t:.2f}'}" for name, t in thresholds.items())

@@ -53,6 +53,15 @@ class Dataset:
     classes: list[str]  # classifier order: the lexicon's ENTRep classes when every label is one of them
     data_hash: str
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, same bytes as path): one image
+
+    def summary(self) -> str:
+        """'69 images (entrep: ear-left 10, ...); 0 skipped, 1 duplicate file': every file given accounted
+        for, as `kger index` does (a byte-identical pair is one image)."""
+        counts = ", ".join(f"{c} {n}" for c, n in self.class_counts().items() if n)
+        dups = len(self.duplicates)
+        return (f"{len(self.items)} images ({self.layout}: {counts}); {len(self.skipped)} skipped, "
+                f"{dups} duplicate file{'' if dups == 1 else 's'}")
 
     def class_counts(self) -> dict[str, int]:
         counts = {c: 0 for c in self.classes}
@@ -107,11 +116,14 @@ def load_dataset(path: str | Path, *, check_images: bool = True, templates: bool
     else:
         problems = [None] * len(present)
     merged: dict[str, dict] = {}
+    duplicates: list[tuple[str, str]] = []
     for (p, label, descs), problem in zip(present, problems):
         if problem:
             skipped.append((str(p), problem))
             continue
         sha = file_sha256(p)
+        if sha in merged:
+            duplicates.append((str(p), str(merged[sha]["path"])))
         m = merged.setdefault(sha, {"path": p, "labels": [], "descs": []})
         m["labels"].append(label)
         m["descs"].extend(descs)
@@ -138,7 +150,7 @@ def load_dataset(path: str | Path, *, check_images: bool = True, templates: bool
         raise DataError(f"no usable training images in {path}")
     labels = {it.label for it in items if it.label}
     classes = list(lexicon.CLASSES) if labels <= set(lexicon.CLASSES) else sorted(labels)
-    return Dataset(root, layout, items, classes, data_hash(items), skipped)
+    return Dataset(root, layout, items, classes, data_hash(items), skipped, duplicates)
 
 
 def _image_problem(path: Path) -> str | None:

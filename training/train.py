@@ -41,17 +41,18 @@ from rich.table import Table
 from retrieval.bundle import load_fold, save_bundle, write_fold
 from retrieval.ensemble import FoldEnsemble
 from retrieval.errors import KgerError
-from retrieval.manifest import MANIFEST, fold_file, read_manifest
+from retrieval.manifest import read_manifest
 from retrieval.metrics import summarize
 from training.augment import AugmentConfig
 from training.cache import TextCache, ViewCache, build_text_cache, build_view_cache, view_texts
-from training.calibrate import calibrate
+from training.calibrate import calibrate, thresholds_text
 from training.config import PRESETS, SELECTABLE, TrainConfig, TrainError, make_config  # noqa: F401 (PRESETS: re-exported)
 from training.data import Dataset, load_dataset
 from training.folds import assign_folds, clamp_folds, holdout, split
 from training.loss import classifier_loss, hard_negatives, multi_positive_loss, positive_weights
+from training.progress import PROGRESS, resume_state, write_progress
+from training.simfit import fit_similarity
 
-PROGRESS = "train_progress.json"
 # Settings that do not change the weights: a resumed run may differ in these.
 _NOT_IN_KEY = ("data", "out", "threads", "progress")
 
@@ -273,8 +274,7 @@ def main(cfg: TrainConfig, *, console: Console | None = None) -> dict:
 
     # data
     data = load_dataset(cfg.data, templates=cfg.templates)
-    counts = ", ".join(f"{c} {n}" for c, n in data.class_counts().items() if n)
-    console.print(f"data: {len(data.items)} images ({data.layout}: {counts}); {len(data.skipped)} skipped")
+    console.print(f"data: {data.summary()}")
 
     # folds
     k, why = clamp_folds(data.items, cfg.folds)
@@ -354,15 +354,16 @@ def main(cfg: TrainConfig, *, console: Console | None = None) -> dict:
     if ens.shared_hash() != untrained_shared:
         raise TrainError("the frozen shared trunk changed during training (a bug): refusing to write the bundle")
     metrics = summarize_folds(sorted_results(done)) if any(splits[f][1] for f in range(k)) else {}
-    cal = calibrate(ens, views, splits, [it.path for it in data.items], out) if metrics else {}
-    extra["seconds"] = round(time.time() - t0, 1)
+    paths = [it.path for it in data.items]
+    cal = calibrate(ens, views, splits, paths, out) if metrics else {}
+    extra.update(similarity=fit_similarity(ens, views, splits, cal, paths), seconds=round(time.time() - t0, 1))
     manifest = save_bundle(ens, out, trained=True, metrics=metrics, data_hash=data.data_hash,
                            extra={**extra, "partial": False, "calibration": cal}, folds_written=list(range(k)))
     (out / PROGRESS).unlink(missing_ok=True)
     if metrics:
         console.print(metrics_table(metrics))
         console.print(f"class head: temperature {cal.get('temperature')}, ECE {cal.get('ece_before')} -> "
-                      f"{cal.get('ece_after')} (out of fold); trust thresholds {cal.get('thresholds')}")
+                      f"{cal.get('ece_after')} (out of fold)\ntrust thresholds: {thresholds_text(cal.get('thresholds'))}")
     else:
         console.print("no held-out images (K=1, val_fraction=0): the last epoch was kept, nothing was validated")
     console.print(f"bundle written to {out} ({k} folds, fingerprint {manifest['fingerprint']}) "
@@ -381,30 +382,6 @@ def train_extra(cfg: TrainConfig, data: Dataset, key: str, k: int, fold_ids: lis
                       "n_images": len(data.items), "class_counts": data.class_counts(), "flip": flip,
                       "augment": asdict(AugmentConfig()),
                       "val_fold": {it.name: fid for it, fid in zip(data.items, fold_ids)}}}
-
-
-def resume_state(out: Path, key: str) -> dict[int, dict] | None:
-    """Finished folds of this run in `out` ({} for a fresh start); None when the run is already complete."""
-    progress = out / PROGRESS
-    if progress.is_file():
-        state = json.loads(progress.read_text())
-        if state.get("run_key") != key:
-            raise TrainError(f"{out} holds an unfinished training run with other settings or data; "
-                             "rerun with the same settings to resume, or choose another --out")
-        return {int(f): m for f, m in state.get("done", {}).items() if (out / fold_file(int(f))).is_file()}
-    if (out / MANIFEST).is_file():
-        manifest = json.loads((out / MANIFEST).read_text())
-        train = manifest.get("train") or {}
-        if train.get("run_key") == key and not manifest.get("partial"):
-            return None
-        raise TrainError(f"{out} already holds a bundle; choose another --out or delete it first")
-    return {}
-
-
-def write_progress(out: Path, key: str, k: int, done: dict[int, dict]) -> None:
-    tmp = out / (PROGRESS + ".tmp")
-    tmp.write_text(json.dumps({"run_key": key, "folds": k, "done": {str(f): m for f, m in done.items()}}, indent=1))
-    tmp.replace(out / PROGRESS)
 
 
 # --------------------------------------------------------------------------------------------------- entry

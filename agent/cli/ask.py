@@ -18,14 +18,15 @@ from agent.core.render import line, literal
 if TYPE_CHECKING:
     from agent.state import Answer
 
-FIXED = (("#", "right", 3), ("class", "left", 16), ("retrieval", "right", 9), ("judge", "right", 5),
-         ("fused", "right", 5))
+# The first score is the judge's, as a 0-100 match (readable on its own); the fused score only orders one answer
+# (the top row's is near 0.39 on every query), so its Pos-Fuse arithmetic goes under "why" and in the trace.
+FIXED = (("#", "right", 3), ("class", "left", 16), ("match", "right", 5), ("retrieval", "right", 9))
 FIXED_WIDTH = sum(w for _, _, w in FIXED) + 3 * (len(FIXED) + 1) + 1  # cells + padding + rules
 
 
 class AnswerTable:
     """One line per image at any width: every column but the image name is fixed, and the name gets what the
-    terminal has left (cut with an ellipsis; 22 characters at 80 columns). The reasons follow below, one
+    terminal has left (cut with an ellipsis; 30 characters at 80 columns). The reasons follow below, one
     numbered paragraph per image (`reasons=False` leaves them out). Built at render time, for the width."""
 
     def __init__(self, answer: "Answer", reasons: bool = True):
@@ -48,9 +49,9 @@ class AnswerTable:
                 why = line(why, " ", literal(f"(offline judge: {r.fallback})", style="dim"))
             if r.demoted:
                 why = line(why, " ", literal(f"(ranked last: {r.demoted})", style="dim"))
-            judge = "-" if r.judge is None else f"{r.judge:.2f}"
-            t.add_row(str(r.rank), literal(r.name or r.id[:12]), literal(cls), f"{r.retrieval:.3f}", judge,
-                      f"{r.fused:.3f}")
+            why = line(why, " " if why.plain else "", literal(f"(order: Pos-Fuse {r.formula})", style="dim"))
+            match = "-" if r.match is None else str(r.match)
+            t.add_row(str(r.rank), literal(r.name or r.id[:12]), literal(cls), match, f"{r.retrieval:.3f}")
             whys.append((str(r.rank), why))
         head = [literal("; ".join(self.answer.corrections), style="yellow")] if self.answer.corrections else []
         if not self.reasons or not whys:

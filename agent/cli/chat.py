@@ -43,7 +43,7 @@ Commands:
   [bold]/k N[/bold]  images per answer     [bold]/llm offline|gemini[/bold]  switch planner and judge
   [bold]/trace[/bold]  the last run's trace   [bold]/open N[/bold]  path of image N
   [bold]/help[/bold]  this text               [bold]/quit[/bold]  leave (or Ctrl-D)
-Ctrl-C cancels the current turn."""
+Ctrl-C cancels the current turn; the conversation goes on."""
 
 _SHOW = re.compile(r"^\s*show\s+(?:me\s+)?(\d+)(?:\s+(?:more\s+)?(?:images?|results?|pictures?))?\s*[.!]?\s*$", re.I)
 _WHY = re.compile(r"^\s*why\s+(?:is\s+|was\s+|are\s+)?(?:(?:image|number|no\.?)\s*|#\s*)?(\d+)\b[^\n]*$", re.I)
@@ -120,8 +120,12 @@ class ChatSession:
 
     # -- turns through the graph ---------------------------------------------------------------
     def ask(self, text: str) -> None:
-        with self.err.status("Searching and judging...", spinner="dots"):
-            answer = self.assistant.ask(text, self.turn)
+        from agent.cancel import Token, TurnCancelled, run_cancellable, shielded
+
+        token = Token()
+        with self.err.status("Searching and judging...", spinner="dots"):  # Ctrl-C: agent/cancel.py
+            answer = run_cancellable(lambda: self.assistant.ask(text, self.turn), self.assistant.cancel_turn,
+                                     token=token)
         if answer.status == "error":  # no answer: say why (a bad follow-up, a store that failed), never an empty table
             self.console.print(line("No image found for ", literal(repr(answer.question)), "."))
             self.hint(answer.error or "the turn failed")
@@ -131,10 +135,14 @@ class ChatSession:
 
             self.strict_failures += 1
             require_no_fallback(answer)  # the loop prints its one line; the session goes on
+        try:
+            if answer.asked_back:  # the question first; the next message resolves it (agent/constraints.resolve)
+                self.console.print(literal(answer.clarify or "", style="bold yellow"), soft_wrap=True)
+            self.print_answer(answer)  # ends with the run id: from then on the answer has been shown
+        except KeyboardInterrupt:  # cut before it was shown: cancelled too, the thread as before the turn
+            shielded(lambda: self.assistant.cancel_turn(token))
+            raise TurnCancelled() from None
         self.last = answer
-        if answer.asked_back:  # the question first; the next message resolves it (agent/constraints.resolve)
-            self.console.print(literal(answer.clarify or "", style="bold yellow"), soft_wrap=True)
-        self.print_answer(answer)
         if answer.notice:
             self.hint(answer.notice + " Try rephrasing: name the region, the side and the finding in plain words.")
         for note in answer.fallbacks:
@@ -265,8 +273,8 @@ class ChatSession:
             try:
                 if not self.handle(line):
                     return
-            except KeyboardInterrupt:
-                self.err.print("[yellow]Cancelled.[/yellow] The conversation goes on; /quit or Ctrl-D to leave.")
+            except KeyboardInterrupt:  # the turn's records are whole and it is stored as cancelled (agent/cancel.py)
+                self.err.print("[yellow]Cancelled.[/yellow]")
             except Exception as e:  # one failed turn must not end the conversation
                 if os.environ.get("KGER_DEBUG"):
                     raise

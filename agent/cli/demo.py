@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -107,11 +108,32 @@ def demo(
 
     html_path.write_text(render_batch([assistant.traces.get_run(r) for r in runs], title="kger demo"), encoding="utf-8")
     out_console.print(literal(f"HTML report: {html_path}", limit=None))
-    out_console.print(
-        "\nNext, on real data:\n"
-        "  kger train ../shared/data/entrep/train --out ~/.kger/bundles/entrep --folds 5\n"
-        "  kger index ../shared/data/entrep/train/imgs --bundle ~/.kger/bundles/entrep\n"
-        '  kger ask "white discharge in the left external auditory canal"\n'
-        "  kger chat        # a conversation, with follow-ups\n"
-        f"  kger trace show {runs[0][:12]}   # how #1 was chosen, step by step\n"
-    )
+    out_console.print(literal(next_steps(home_dir, runs[0][:12]), limit=None))
+
+
+def next_steps(home: Path, run_id: str, kger_dir: Optional[Path] = None, near: Optional[list[Path]] = None) -> str:
+    """What to type next, as it is on this machine: how to reach `kger` in a new shell (`make demo` runs it
+    from .venv/bin, which a new shell's PATH lacks), this KGER_HOME's bundle path (clones may share
+    ~/.kger, or set their own), and the ENTRep data only where it is (../shared beside the clone)."""
+    import shlex
+
+    kger_dir = kger_dir or Path(sys.executable).parent
+    found = shutil.which("kger")
+    lines = ["", "Next, on real data:"]
+    if found is None or Path(found).parent.resolve() != kger_dir.resolve():
+        lines += [f"  source {shlex.quote(str(kger_dir / 'activate'))}   # puts kger on PATH in this shell "
+                  f"(or call {shlex.quote(str(kger_dir / 'kger'))})"]
+    near = near if near is not None else [Path.cwd().parent, Path(__file__).resolve().parents[3]]
+    data = next((d / "shared" / "data" / "entrep" / "train" for d in near
+                 if (d / "shared" / "data" / "entrep" / "train" / "imgs").is_dir()), None)
+    src = shlex.quote(str(data.resolve())) if data else "ENTREP_TRAIN"
+    bundle = shlex.quote(str(home / "bundles" / "entrep"))
+    lines += [f"  kger train {src} --out {bundle} --folds 5",
+              f"  kger index {src}/imgs --bundle {bundle}",
+              '  kger ask "white discharge in the left external auditory canal"',
+              "  kger chat        # a conversation, with follow-ups",
+              f"  kger trace show {run_id}   # how #1 was chosen, step by step",
+              f"(KGER_HOME is {home}: set KGER_HOME or --home for a home of this clone's own)"]
+    if data is None:
+        lines.append("(ENTREP_TRAIN: your copy of the ENTRep training folder, with imgs/ and cls.json)")
+    return "\n".join(lines) + "\n"

@@ -55,20 +55,25 @@ def list_cmd(
     lo, hi = parse_when(since), parse_when(until, end_of_day=True)
     with open_traces() as db:
         runs = db.list_runs(limit=count, since=lo, until=hi, text=query)
+        total = db.count_runs(since=lo, until=hi, text=query) if runs and not json_out else len(runs)
+        short = db.short_ids([r["id"] for r in runs]) if runs and not json_out else {}
     if json_out:
         print_json(runs)
         return
     if not runs:
         err_console.print("No runs match.")
         return
-    t = Table(title=f"{len(runs)} run(s), newest first", title_justify="left")
-    for col in ("run", "when", "kind", "llm", "status", "input", "top image"):
-        t.add_column(col, overflow="fold")
+    matching = "stored" if not (lo or hi or query) else "matching"
+    t = Table(title=f"{len(runs)} of {total:,} {matching} run{'s' if total != 1 else ''}, newest first",
+              title_justify="left")
+    width = max(len(v) for v in short.values())
+    for col in ("run", "when", "kind", "llm", "status", "input", "top image"):  # a run id never wraps
+        t.add_column(col, overflow="fold", no_wrap=col == "run", min_width=width if col == "run" else None)
     for r in runs:
         rows = (r.get("answer") or {}).get("rows") or []
         top = f"{rows[0].get('name') or rows[0]['id'][:12]} ({class_text(rows[0])})" if rows else "-"
-        t.add_row(*(literal(v) for v in (r["id"][:12], local_time(r.get("created")), r.get("kind") or "", r.get("llm") or "",
-                                      r.get("status") or "", r.get("input") or "", top)))
+        t.add_row(*(literal(v) for v in (short[r["id"]], local_time(r.get("created")), r.get("kind") or "",
+                                         r.get("llm") or "", r.get("status") or "", r.get("input") or "", top)))
     out_console.print(t)
     err_console.print("Details: kger trace show RUN_ID")
 
@@ -171,11 +176,14 @@ def prune(
                               f"{local_time(doc['before'])} (--dry-run: nothing removed).")
         return
     threads = prune_checkpoints(ck, removed["threads"])
-    freed = sum(sizes) - sum(db_size(p) for p in paths)
+    freed = max(0, sum(sizes) - sum(db_size(p) for p in paths)) if removed["runs"] or threads else 0
     doc = {"before": when.isoformat(), "runs": removed["runs"], "events": removed["events"], "threads": threads,
            "bytes_freed": freed, "traces_db": str(paths[0]), "checkpoints_db": str(ck)}
     if json_out:
         print_json(doc)
+        return
+    if not (removed["runs"] or threads):  # nothing went: no "freed" figure (a file's WAL may shrink by itself)
+        out_console.print(f"Nothing to remove: no run started before {local_time(doc['before'])}.")
         return
     out_console.print(f"Removed {removed['runs']} runs, {removed['events']} events and {threads} conversation "
                       f"threads started before {local_time(doc['before'])}; freed {freed:,} bytes.")

@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any, Iterable, Optional
 
 from agent.core.events import read_events
+from agent.judges.base import match_score
 from retrieval.printable import visible
 
 THUMB_SIDE = 160  # px, longest side of an inlined thumbnail
@@ -94,6 +95,11 @@ def _table(headers: Iterable[str], rows: Iterable[Iterable[str]], cls: str = "")
     return f'<table class="{e(cls)}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
+def match_of(r: dict) -> Optional[int]:
+    """The row's 0-100 match (the judge's score); computed for runs stored before rows carried it."""
+    return r["match"] if r.get("match") is not None else match_score(r.get("judge"))
+
+
 def _n(v: Any, fmt: str = ".3f") -> str:
     return "\x00num" + e(fmt_num(v, fmt))
 
@@ -121,9 +127,10 @@ def _answer_table(rows: list[dict]) -> str:
         if r.get("demoted"):
             why += f' <span class="demoted">(ranked last: {e(r["demoted"])})</span>'
         out.append([e(r["rank"]), f"<code>{e(r.get('name') or r['id'][:12])}</code>", e(class_text(r)),
-                    _n(r.get("retrieval")), _n(r.get("judge"), ".2f"), _n(r.get("fused"), ".4f"),
+                    _n(match_of(r), "d"), _n(r.get("retrieval")), _n(r.get("fused"), ".4f"),
                     f'<span class="formula">{e(r.get("formula"))}</span>', why])
-    return _table(("#", "image", "class", "retrieval", "judge", "fused", "Pos-Fuse formula", "why"), out, "answer")
+    # the match (the judge's 0-100) first; fused only orders this answer, its arithmetic beside it
+    return _table(("#", "image", "class", "match", "retrieval", "fused", "Pos-Fuse formula", "why"), out, "answer")
 
 
 def _details(summary: str, body: str, open_: bool) -> str:
@@ -246,10 +253,10 @@ def render_batch(runs: list[dict], title: str) -> str:
         top = f"{rows[0].get('name') or rows[0]['id'][:12]} ({class_text(rows[0])})" if rows else "-"
         question = run.get("input") or answer.get("input") or answer.get("question") or ""
         summary.append([e(i), f'<a href="#{e(_anchor(run_id, i))}">{e(question)}</a>', e(top),
-                        _n(rows[0].get("fused") if rows else None, ".4f"), e(run.get("status") or ""),
+                        _n(match_of(rows[0]) if rows else None, "d"), e(run.get("status") or ""),
                         f"<code>{e(run_id[:12])}</code>"])
     body = [f"<h1>{e(title)}</h1>", f"<p>{len(runs)} run(s).</p>",
-            _table(("#", "description", "top image", "fused", "status", "run"), summary, "summary")]
+            _table(("#", "description", "top image", "match", "status", "run"), summary, "summary")]
     for i, run in enumerate(runs, start=1):
         run_id = run.get("id") or (run.get("answer") or {}).get("run_id")
         body.append(_run_section(run, open_details=False, anchor=_anchor(run_id, i)))

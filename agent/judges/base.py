@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from retrieval.candidate import Candidate
 
-__all__ = ["Candidate", "Judge", "Verdict"]
+__all__ = ["Candidate", "Judge", "Verdict", "match_score"]
 
 
 class Verdict(BaseModel):
@@ -29,6 +29,12 @@ class Verdict(BaseModel):
     cached: bool = False
     fallback: Optional[str] = Field(default=None, description="why the offline judge stood in, if it did")
     latency_ms: float = 0.0
+
+
+def match_score(score: Optional[float]) -> Optional[int]:
+    """A judge score as the 0-100 match the answer shows first (readable alone, unlike a fused score, which
+    only orders one answer); None when not judged."""
+    return None if score is None else round(100 * min(1.0, max(0.0, score)))
 
 
 class Judge(Protocol):
