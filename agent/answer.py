@@ -10,7 +10,9 @@ from agent.state import State
 
 def answer(state: State, runtime: Runtime[Context]) -> dict:
     rows = state.answer.rows if state.answer else []
-    if rows:
+    if rows and state.answer.asked_back:
+        text = f"{state.answer.clarify} Best guesses below."
+    elif rows:
         top = rows[0]
         text = f"{len(rows)} images. #1 {top.name} ({top.label or top.predicted or 'unlabelled'}): {top.justification}"
     else:

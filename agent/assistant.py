@@ -21,7 +21,7 @@ from agent.cancel import check as check_cancelled
 from agent.cancel import current as current_token
 from agent.cancel import guard_writes
 from agent.context import Context, Planner
-from agent.core.limits import DEFAULT_POOL, pool_for
+from agent.core.limits import DEFAULT_POOL, MAX_TOOL_CALLS, pool_for
 from agent.core.events import events_for_update
 from agent.core.events import write as write_event
 from agent.core.turn import TurnRequest, check_llm
@@ -71,7 +71,7 @@ class GeminiPlanner:
         return self.session.invoke(self.chat, messages, kind="planner")
 
 
-def make_planner_and_judge(llm: str, settings=None, judge_concurrency: int = 4):
+def make_planner_and_judge(llm: str, settings=None, judge_concurrency: int = 4, judge_mode: str = "image"):
     """(planner, judge) for 'offline' or 'gemini'. Gemini without a key still works: both fall back. The
     Gemini pair shares one `GeminiSession`: one rate limiter and one circuit for the run or batch."""
     from agent.judges.offline import OfflineJudge
@@ -86,6 +86,10 @@ def make_planner_and_judge(llm: str, settings=None, judge_concurrency: int = 4):
         planner = GeminiPlanner(session)
     except GeminiUnavailable:
         planner = _UnavailablePlanner()
+    if judge_mode == "list":
+        from agent.judges.listwise import make_listwise
+
+        return planner, make_listwise(session, max_concurrency=judge_concurrency)
     return planner, GeminiJudge(session=session, max_concurrency=judge_concurrency)
 
 
@@ -239,6 +243,7 @@ class Assistant:
         run_id = run_id or uuid.uuid4().hex
         ctx = Context(searcher=self.searcher, planner=planner, fallback_planner=self.fallback_planner,
                       judge=judge, run_id=run_id, k=request.k, pool=request.pool, fuse=self.fuse, llm=llm,
+                      rounds=request.rounds, max_tool_calls=MAX_TOOL_CALLS, threaded=keep,
                       progress=(lambda payload: on_event("progress", payload)) if on_event is not None else None)
         config = {"configurable": {"thread_id": thread_id}}
         token = current_token()
@@ -248,6 +253,7 @@ class Assistant:
         timings: dict[str, float] = {}
         seen: dict[str, Any] = {}  # the turn's state so far, from the updates
         judge_name = getattr(judge, "name", type(judge).__name__)
+        usage = gemini_usage(planner, judge)
         t0 = last = time.perf_counter()
         state: Optional[dict] = None
         failure: Optional[str] = None
@@ -294,10 +300,36 @@ class Assistant:
         timings["total"] = round((time.perf_counter() - t0) * 1000, 2)
         answer = final_answer(question, state, seen, failure, run_id=run_id, llm=llm,
                               thread_id=thread_id if keep else None, timings=timings)
+        answer = answer.model_copy(update={"cost": turn_cost(seen, usage)})
         if self.traces is not None and failure is None:
             self.traces.finish_run(run_id, answer=answer.model_dump(), timings=timings, status=answer.status,
                                    error=answer.error)
         return answer
+
+
+def gemini_usage(planner, judge):
+    """(the Gemini session's usage counter, its counts before the turn), or None offline."""
+    for model in (planner, judge):
+        session = getattr(model, "_session", None)
+        if session is None and not isinstance(getattr(type(model), "session", None), property):
+            session = getattr(model, "session", None)  # a plain attribute (GeminiPlanner), never a lazy build
+        usage = getattr(session, "usage", None)
+        if usage is not None:
+            return usage, usage.snapshot()
+    return None
+
+
+def turn_cost(seen: dict, usage) -> dict[str, int]:
+    """What the turn cost: tool calls and rounds, judge calls (new, uncached verdicts), Gemini requests and
+    estimated input tokens (the session's counter, after minus before)."""
+    verdicts = seen.get("verdicts") or []
+    cost = {"tool_calls": int(seen.get("tool_calls") or 0), "rounds": int(seen.get("round") or 0),
+            "judge_calls": sum(1 for v in verdicts if not v.cached)}
+    if usage is not None:
+        counter, (req0, tok0) = usage
+        req, tok = counter.snapshot()
+        cost.update(gemini_requests=req - req0, gemini_input_tokens=tok - tok0)
+    return cost
 
 
 def turn_input(question: str) -> dict:

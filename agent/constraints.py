@@ -61,13 +61,16 @@ def resolve(question: str, previous: Optional[Answer]) -> tuple[str, dict[str, s
 
     A follow-up ("only the left side", "more like number 2", "with discharge") says little by itself: it is
     resolved against the previous turn's description, so the judge and the filters stay about the clinical
-    question. A "more like #N" turn keeps the previous constraints."""
+    question. A "more like #N" turn keeps the previous constraints. After an ask-back ("which region do you
+    mean?", agent/reflect.py) a message naming a region answers it: the region joins the previous description."""
     prev_q = previous.question if previous else None
     if prev_q and LIKE.search(question):
         return prev_q, dict(previous.constraints), True
     p = parse(question)
     refines = prev_q and not (p.site or p.state or p.findings)
-    if refines and p.side in ("left", "right"):
+    if prev_q and previous.asked_back and p.site and not p.findings:  # the answer to "which region?"
+        judge_q = f"{prev_q} ({question.strip()})"
+    elif refines and p.side in ("left", "right"):
         judge_q = with_side(prev_q, p.side)
     elif refines:
         judge_q = f"{prev_q} ({question.strip()})"

@@ -45,5 +45,8 @@ class Context:
     pool: int = field(default=20, metadata={"description": "candidates retrieved per query and judged"})
     fuse: FuseConfig = field(default_factory=FuseConfig, metadata={"description": "Pos-Fuse parameters"})
     llm: str = field(default="offline", metadata={"description": "'offline' or 'gemini' (for traces and notices)"})
+    rounds: int = field(default=0, metadata={"description": "extra search rounds the reflect node may make"})
+    max_tool_calls: int = field(default=12, metadata={"description": "tool calls per turn, all rounds together"})
+    threaded: bool = field(default=False, metadata={"description": "a conversation thread: reflect may ask back"})
     progress: Optional[Callable[[dict], None]] = field(
         default=None, metadata={"description": "sees {'stage': 'judge', 'judged': i, 'total': n} as a turn runs"})

@@ -31,5 +31,9 @@ def fuse(state: State, runtime: Runtime[Context]) -> dict:
     ranking = rank([(c.id, c.score) for c in state.candidates], [(v.id, v.score) for v in state.verdicts],
                    {c.id: contradiction(c, state.constraints) for c in state.candidates}, ctx.fuse)
     rows = [AnswerRow.of(n, by_id[r.id], verdicts.get(r.id), r) for n, r in enumerate(ranking[: ctx.k], start=1)]
-    return {"ranking": ranking, "answer": Answer(question=state.question, rows=rows, constraints=state.constraints,
-                                                 run_id=ctx.run_id, llm=ctx.llm, corrections=state.corrections)}
+    last = state.rounds[-1] if state.rounds else {}
+    return {"ranking": ranking, "answer": Answer(
+        question=state.question, rows=rows, constraints=state.constraints, run_id=ctx.run_id, llm=ctx.llm,
+        corrections=state.corrections, rounds=list(state.rounds),
+        clarify=next((r["clarify"] for r in state.rounds if r.get("clarify")), None),
+        asked_back=last.get("decision") == "ask_back", notice=last.get("notice"))}

@@ -1,4 +1,4 @@
-"""The graph: plan -> tools -> judge -> fuse -> answer, checkpointed per conversation thread."""
+"""The graph: plan -> tools -> judge -> reflect -> (tools again | fuse) -> answer, checkpointed per thread."""
 from __future__ import annotations
 
 from typing import Union
@@ -15,6 +15,7 @@ from agent.judge import judge
 from agent.judges.base import Verdict
 from agent.plan import plan
 from agent.posfuse import FusedRow
+from agent.reflect import reflect, route
 from agent.state import Answer, AnswerRow, InputState, State
 from agent.tools import TOOLS
 from retrieval.candidate import Candidate
@@ -53,12 +54,14 @@ def build_graph() -> StateGraph:
     builder.add_node(plan)
     builder.add_node("tools", tool_node())
     builder.add_node(judge)
+    builder.add_node(reflect)
     builder.add_node(fuse)
     builder.add_node(answer)
     builder.add_edge(START, "plan")
     builder.add_edge("plan", "tools")
     builder.add_edge("tools", "judge")
-    builder.add_edge("judge", "fuse")
+    builder.add_edge("judge", "reflect")
+    builder.add_conditional_edges("reflect", route, {"tools": "tools", "fuse": "fuse"})
     builder.add_edge("fuse", "answer")
     builder.add_edge("answer", END)
     return builder

@@ -318,17 +318,59 @@ class GeminiSession:
         self.settings = settings if settings is not None else gemini_settings_from_env()
         self.limiter = make_rate_limiter(self.settings)
         self.circuit = GeminiCircuit()
+        self.usage = Usage()
 
     def chat(self, **kw: Any) -> "ChatGoogleGenerativeAI":
         return make_gemini_chat(self.settings, rate_limiter=self.limiter, **kw)
 
     def invoke(self, chat: Any, messages: Sequence["BaseMessage"], kind: str = "call", **kw: Any) -> "AIMessage":
         """One call with kger's retries, through the circuit; `kind` ('planner', 'judge') names the payload."""
-        return invoke_with_retries(chat, messages, self.settings, circuit=self.circuit, kind=kind, **kw)
+        return invoke_with_retries(chat, messages, self.settings, circuit=self.circuit, kind=kind, usage=self.usage,
+                                   **kw)
+
+
+IMAGE_TOKENS = 258  # what the Gemini API counts for an image of <= 384 px a side (larger ones are tiled)
+
+
+def input_tokens(messages: Sequence["BaseMessage"]) -> int:
+    """A request's input tokens as the API counts them, estimated: text characters / 4, 258 per image."""
+    chars, images = 0, 0
+    for m in messages:
+        parts = m.content if isinstance(m.content, list) else [m.content]
+        for p in parts:
+            if isinstance(p, str):
+                chars += len(p)
+            elif isinstance(p, dict) and p.get("type") == "text":
+                chars += len(str(p.get("text", "")))
+            elif isinstance(p, dict):
+                images += 1
+    return chars // 4 + IMAGE_TOKENS * images
+
+
+class Usage:
+    """Gemini requests (every attempt, retries included) and their estimated input tokens, for a session;
+    a turn reports its share as the difference of two `snapshot`s (agent/assistant.py)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.input_tokens = 0
+
+    def add(self, tokens: int) -> None:
+        with self._lock:
+            self.requests += 1
+            self.input_tokens += tokens
+
+    def snapshot(self) -> tuple[int, int]:
+        with self._lock:
+            return self.requests, self.input_tokens
 
 
 def invoke_with_retries(chat: Any, messages: Sequence["BaseMessage"], settings: GeminiSettings,
-                        circuit: Optional[GeminiCircuit] = None, kind: str = "call", **kw: Any) -> "AIMessage":
+                        circuit: Optional[GeminiCircuit] = None, kind: str = "call", usage: Optional[Usage] = None,
+                        **kw: Any) -> "AIMessage":
     """`chat.invoke(messages, **kw)` with our retry policy, through `circuit` when given; raises
     `GeminiCallError` when it gives up."""
     attempts = 0
@@ -336,9 +378,13 @@ def invoke_with_retries(chat: Any, messages: Sequence["BaseMessage"], settings: 
     def once() -> "AIMessage":
         nonlocal attempts
         attempts += 1
-        if circuit is None:
+
+        def send() -> "AIMessage":
+            if usage is not None:  # counted as sent: a request the open circuit refuses costs nothing
+                usage.add(input_tokens(messages))
             return chat.invoke(list(messages), **kw)
-        return circuit.call(lambda: chat.invoke(list(messages), **kw), kind)
+
+        return send() if circuit is None else circuit.call(send, kind)
 
     def note_retry(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None

@@ -137,4 +137,5 @@ def plan(state: State, runtime: Runtime[Context]) -> dict:
     return {"messages": [ai], "question": judge_question, "constraints": constraints,
             "constraint_conflicts": conflicts, "corrections": [str(c) for c in parse(question).corrections],
             "planner": "offline" if fallback or isinstance(ctx.planner, OfflinePlanner) else ctx.llm,
-            "plan_fallback": fallback, "candidates": [], "verdicts": []}
+            "plan_fallback": fallback, "candidates": [], "verdicts": [], "tool_errors": [],
+            "round": 0, "rounds": [], "tool_calls": len(calls)}

@@ -74,6 +74,15 @@ class Answer(BaseModel):
     input: Optional[str] = None
     corrections: list[str] = Field(default_factory=list, description="words of the description read as others "
                                    "(\"read 'rigth' as 'right'\"): typos and lay words, shown once")
+    rounds: list[dict] = Field(default_factory=list, description="the reflect node's decisions, one per round: "
+                               "decision, triggers, the signals behind them, the new tool calls (agent/reflect.py)")
+    clarify: Optional[str] = Field(default=None, description="what the description leaves open (no region while "
+                                   "the images split across regions): asked back in a thread, a note one-shot")
+    asked_back: bool = Field(default=False, description="the answer is a question; the next message resolves it")
+    notice: Optional[str] = Field(default=None, description="one line when the evidence is weak: the best scores "
+                                  "far below what this store usually gives (agent/evidence.py)")
+    cost: dict[str, int] = Field(default_factory=dict, description="tool calls, judge calls, Gemini requests and "
+                                 "input tokens of this turn")
     fallbacks: list[str] = Field(default_factory=list, description="what stood in for the chosen LLM, and why "
                                  "(the offline planner, the offline judge); --strict fails on any")
     # -- failures are never silent (issue 10): a turn whose store or model failed says so, with the reason
@@ -114,10 +123,20 @@ class State(InputState):
     failure stops the turn: `Assistant.ask` answers it with an error status)."""
 
     candidates: list[Candidate] = field(default_factory=list)
-    """Retrieved images of this turn, merged over the planner's queries, in retrieval order."""
+    """Retrieved images of this turn: the union over its rounds, in the union's retrieval order (round 1's
+    merged order, then each later round's new images in theirs; agent/posfuse.py)."""
 
     verdicts: list[Verdict] = field(default_factory=list)
-    """One judge verdict per candidate."""
+    """One judge verdict per candidate (each judged once per turn, in the round that found it)."""
+
+    round: int = 0
+    """Extra search rounds made so far in this turn (0: the planner's round only)."""
+
+    tool_calls: int = 0
+    """Tool calls made in this turn, all rounds together (bounded by Context.max_tool_calls)."""
+
+    rounds: list[dict] = field(default_factory=list)
+    """The reflect node's decisions of this turn, small dicts (agent/reflect.py `Decision.record`)."""
 
     ranking: list[FusedRow] = field(default_factory=list)
     """Every candidate in the answer's order, with its Pos-Fuse arithmetic (the answer keeps the top k)."""

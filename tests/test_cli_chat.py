@@ -172,6 +172,8 @@ def conversation(chat_gallery, tmp_path_factory) -> dict:
         screens["vc_open"] = term.turn("vocal cords open")
         screens["no_such"] = term.turn("more like number 9")
         screens["brackets"] = term.turn("[/x] left ear [red]")
+        screens["vague"] = term.turn("redness and swelling")  # no region: the chat asks back (agent/reflect.py)
+        screens["resolved"] = term.turn("the nose")
         mark = term.send("\x04")  # Ctrl-D at an empty prompt quits
         status = term.wait()
         screens["end"] = plain(term.raw[mark:])
@@ -284,6 +286,15 @@ def test_remote_llm_is_announced_once_and_falls_back_without_a_key(conversation)
     assert "Usage: /llm offline|gemini; now offline." in s["llm_bad"]
 
 
+def test_a_description_naming_no_region_is_asked_back_and_the_next_message_resolves_it(conversation):
+    vague, resolved = conversation["screens"]["vague"], conversation["screens"]["resolved"]
+    assert "names no region" in vague and "which do you mean?" in vague
+    assert len(table_rows(vague)) == 3  # the best guesses below the question (k is 3 since "/k 3")
+    rows = table_rows(resolved)
+    assert "redness and swelling (the nose)" in resolved and "which do you mean" not in resolved
+    assert rows and all(r["class"].startswith("nose") for r in rows), rows
+
+
 def test_bad_follow_up_and_markup_in_a_description(conversation):
     s = conversation["screens"]
     assert "No image found" in s["no_such"] and "there is no image #9 in the previous answer" in s["no_such"]
@@ -302,7 +313,7 @@ def test_one_thread_per_session_every_turn_traced(conversation):
     asked = [r["input"] for r in runs]
     assert asked == ["left ear, tympanic membrane", "only the right side", "more like number 2",
                      "right ear, tympanic membrane", "nose, left nasal cavity", "left ear", "vocal cords open",
-                     "more like number 9", "[/x] left ear [red]"]
+                     "more like number 9", "[/x] left ear [red]", "redness and swelling", "the nose"]
     assert [r["llm"] for r in runs if r["input"] == "left ear"] == ["gemini"]
     assert {r["kind"] for r in runs} == {"chat"}
     assert len({r["thread_id"] for r in runs}) == 1

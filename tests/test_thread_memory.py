@@ -8,6 +8,7 @@ import sqlite3
 from langchain_core.messages import HumanMessage
 
 from agent.assistant import Assistant
+from agent.core.limits import MAX_ROUNDS, MAX_TOOL_CALLS
 from agent.judges.offline import OfflineJudge
 from agent.persist import open_records
 
@@ -50,7 +51,10 @@ def test_200_turns_checkpoint_bytes_per_turn_stay_flat(word_searcher, kger_home)
     assert rows(db, "select count(*) from checkpoints") == [(1,)]  # one checkpoint: what the next turn needs
     messages = assistant.graph.get_state({"configurable": {"thread_id": "t1"}}).values["messages"]
     assert isinstance(messages[0], HumanMessage) and messages[0].content == TURNS[199 % len(TURNS)]
-    assert len(messages) <= 4  # this turn's: the description, the tool calls, one result, the reply
+    # this turn's only: its description, then per round of the corrective loop one AI message of tool calls and
+    # their results (agent/reflect.py), the reply; bounded by the turn's limits, never by the thread's length
+    assert [m for m in messages if isinstance(m, HumanMessage)] == messages[:1]
+    assert len(messages) <= 1 + (1 + MAX_ROUNDS) + MAX_TOOL_CALLS + 1, [type(m).__name__ for m in messages]
     # the follow-ups at the end of the thread still read the previous turn
     left = answers[196]  # "only the left side" after "nose, right nasal cavity"
     assert left.input == "only the left side" and left.question == "nose, left nasal cavity"

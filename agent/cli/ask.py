@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.cli.common import (
-    ChromaUrlOpt, HomeOpt, JsonOpt, KOpt, LlmOpt, StoreOpt, StrictOpt, err_console, open_assistant, out_console,
+    ChromaUrlOpt, HomeOpt, JsonOpt, JudgeOpt, KOpt, LlmOpt, RoundsOpt, StoreOpt, StrictOpt, err_console, open_assistant, out_console,
     print_json, start,
 )
 from agent.core.render import line, literal
@@ -118,11 +118,13 @@ def ask(
     home: HomeOpt = None,
     json_out: JsonOpt = False,
     strict: StrictOpt = False,
+    rounds: RoundsOpt = 2,
+    judge: JudgeOpt = "image",
 ):
     """Find images for a description, judged and fused, with reasons and a run id for [bold]kger trace show[/bold]."""
-    turn = start(home, llm, k).with_(thread=thread, kind="ask")
+    turn = start(home, llm, k).with_(thread=thread, kind="ask", rounds=rounds)
     text = read_text_arg(text)
-    assistant = open_assistant(store, chroma_url, llm, k)
+    assistant = open_assistant(store, chroma_url, llm, k, judge=judge)
     with err_console.status("planning...") as status:
         answer = assistant.ask(text, turn, on_event=TurnProgress(status))
     report_fallbacks(answer, strict)
@@ -134,6 +136,9 @@ def ask(
         raise typer.Exit(1)
     if json_out:
         return
+    for note in (answer.clarify, answer.notice):  # one-shot: never blocks, says what is open or weak
+        if note:
+            out_console.print(literal(note, style="yellow"), soft_wrap=True)
     out_console.print(answer_table(answer))
     traced = f"  (kger trace show {answer.run_id[:12]})" if assistant.traces is not None else "  (not recorded)"
     out_console.print(f"run {answer.run_id}{traced}")

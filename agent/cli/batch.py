@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from agent.cli.common import (
-    SHOWN, BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, KOpt, LlmOpt, PoolOpt, StoreOpt, StrictOpt,
+    SHOWN, BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, KOpt, JudgeOpt, LlmOpt, PoolOpt, RoundsOpt, StoreOpt,
+    StrictOpt,
     err_console, open_assistant, out_console, print_json, progress, report_skipped, start,
 )
 from agent.core.render import line, literal, plural
@@ -182,13 +183,15 @@ def batch(
     home: HomeOpt = None,
     json_out: JsonOpt = False,
     strict: StrictOpt = False,
+    rounds: RoundsOpt = 2,
+    judge: JudgeOpt = "image",
 ):
     """Answer every query of a file through the whole agent; resumable, one traced run per query.
 
     Bad lines in the query file are reported and skipped; a failing query gets a line with its error.
     A rerun with the same --out answers only what is missing, and retries failed queries.
     """
-    turn = start(home, llm, k, pool).with_(kind="batch")
+    turn = start(home, llm, k, pool).with_(kind="batch", rounds=rounds)
     from agent.assistant import require_no_fallback
     from agent.cli.checks import out_file
     from agent.core.queries import read_queries
@@ -224,7 +227,7 @@ def batch(
                 f"{out} already holds answers made with --llm {', '.join(sorted(map(str, other)))}; "
                 "they are kept, not redone")))
         if todo:
-            assistant = open_assistant(store, chroma_url, llm, k, pool=pool, concurrency=concurrency)
+            assistant = open_assistant(store, chroma_url, llm, k, pool=pool, concurrency=concurrency, judge=judge)
             with progress(disable=json_out) as bar:
                 task = bar.add_task("Answering", total=len(todo))
                 for q in todo:

@@ -18,8 +18,8 @@ from rich.console import Console
 
 from agent.cli.ask import answer_table
 from agent.cli.common import (
-    ChromaUrlOpt, HomeOpt, KOpt, LlmOpt, StoreOpt, StrictOpt, announce_llm, err_console, open_assistant, out_console,
-    start,
+    ChromaUrlOpt, HomeOpt, KOpt, LlmOpt, RoundsOpt, StoreOpt, StrictOpt, announce_llm, err_console, open_assistant,
+    out_console, start,
 )
 from agent.core.events import read_events
 from agent.core.limits import MAX_K
@@ -82,14 +82,15 @@ class ChatSession:
     """The state of one conversation: the assistant, the thread, the last answer; `handle` is one input line."""
 
     def __init__(self, assistant, console: Console = out_console, err: Console = err_console,
-                 announced_remote: bool = False, strict: bool = False):
+                 announced_remote: bool = False, strict: bool = False, rounds: Optional[int] = None):
         self.assistant = assistant
         self.strict = strict
         self.strict_failures = 0  # turns --strict refused: the session then exits 1
         self.console, self.err = console, err
         self.thread_id = uuid.uuid4().hex
         # this conversation's turn: k and llm change with /k, "show N" and /llm, the shared Assistant never does
-        self.turn = assistant.turn(thread=self.thread_id, kind="chat")
+        self.turn = assistant.turn(thread=self.thread_id, kind="chat",
+                                   **({} if rounds is None else {"rounds": rounds}))
         self.last: Optional[Answer] = None
         self.announced_remote = announced_remote
         self.thumbs_note_shown = False
@@ -135,11 +136,15 @@ class ChatSession:
             self.strict_failures += 1
             require_no_fallback(answer)  # the loop prints its one line; the session goes on
         try:
+            if answer.asked_back:  # the question first; the next message resolves it (agent/constraints.resolve)
+                self.console.print(literal(answer.clarify or "", style="bold yellow"), soft_wrap=True)
             self.print_answer(answer)  # ends with the run id: from then on the answer has been shown
         except KeyboardInterrupt:  # cut before it was shown: cancelled too, the thread as before the turn
             shielded(lambda: self.assistant.cancel_turn(token))
             raise TurnCancelled() from None
         self.last = answer
+        if answer.notice:
+            self.hint(answer.notice + " Try rephrasing: name the region, the side and the finding in plain words.")
         for note in answer.fallbacks:
             self.hint(f"fallback: {note}")
 
@@ -284,11 +289,12 @@ def chat(
     chroma_url: ChromaUrlOpt = None,
     home: HomeOpt = None,
     strict: StrictOpt = False,
+    rounds: RoundsOpt = 2,
 ):
     """Talk to the assistant: describe what you look for, refine it, ask why. /help lists the commands."""
     start(home, llm, k)  # announces a remote LLM once, before anything is sent; k within the limit
     assistant = open_assistant(store, chroma_url, llm, k)
-    session = ChatSession(assistant, announced_remote=llm == "gemini", strict=strict)
+    session = ChatSession(assistant, announced_remote=llm == "gemini", strict=strict, rounds=rounds)
     save_history = setup_readline()
     err_console.print(literal(f"kger chat: store '{store}', llm {llm}, k {k}. Describe what you look for; /help for "
                            "more, Ctrl-D to quit."))

@@ -40,6 +40,12 @@ ImagePoolOpt = Annotated[str, typer.Option(
 OldPoolOpt = Annotated[Optional[str], typer.Option("--pool", hidden=True, help="Deprecated spelling of --image-pool.")]
 ConcurrencyOpt = Annotated[int, typer.Option(
     "--concurrency", min=1, max=64, help="Judge calls in flight at once (Gemini; the offline judge ignores it).")]
+JudgeOpt = Annotated[Literal["image", "list"], typer.Option(
+    "--judge", help="Gemini judge: 'image' (one request per image, KGER's way, default) or 'list' (one request "
+                    "per round with every new image).")]
+RoundsOpt = Annotated[int, typer.Option(
+    "--rounds", min=0, help="Extra search rounds the corrective loop may make when the evidence is weak "
+                            "(0: one pass, plan -> search -> judge -> fuse).")]
 StrictOpt = Annotated[bool, typer.Option(
     "--strict", envvar="KGER_STRICT", help="For scripts: exit 1 (batch, eval: fail that query) when the offline "
     "planner or judge stands in for --llm gemini, with one line saying what fell back and why.")]
@@ -228,18 +234,20 @@ def image_pool(image_pool: str, old_pool: Optional[str]) -> str:
 
 
 def open_assistant(store: str, chroma_url: Optional[str], llm: str, k: int, *, pool: Optional[int] = None,
-                   concurrency: Optional[int] = None):
-    """The store's Assistant; `concurrency` sets the Gemini judge's calls in flight (batch and eval)."""
+                   concurrency: Optional[int] = None, judge: str = "image"):
+    """The store's Assistant; `concurrency` sets the Gemini judge's calls in flight (batch and eval); `judge`
+    'list' makes the Gemini judge listwise (one request per round, agent/judges/listwise.py)."""
     from agent.opening import prefetch_bundle
 
     prefetch_bundle(store, chroma_url)  # first: the bundle loads while LangGraph imports
     from agent.assistant import Assistant
 
     kw: dict[str, Any] = {} if pool is None else {"pool": pool}  # the session's default pool (pool_for: >= k)
-    if llm == "gemini" and concurrency is not None:
+    if llm == "gemini" and (concurrency is not None or judge != "image"):
         from agent.assistant import make_planner_and_judge
 
-        kw["planner"], kw["judge"] = make_planner_and_judge("gemini", judge_concurrency=concurrency)
+        kw["planner"], kw["judge"] = make_planner_and_judge("gemini", judge_concurrency=concurrency or 4,
+                                                            judge_mode=judge)
     with err_console.status("Loading bundle and store..."):
         return Assistant.open(store, url=chroma_url, llm=llm, k=k, **kw)
 

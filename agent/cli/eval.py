@@ -9,7 +9,8 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.cli.common import (
-    SHOWN, BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, StoreOpt, StrictOpt, err_console,
+    SHOWN, BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, RoundsOpt, StoreOpt, StrictOpt,
+    err_console,
     open_assistant, out_console, print_json, progress, report_skipped, start,
 )
 from agent.core.limits import MAX_K
@@ -86,13 +87,14 @@ def evaluate(
     home: HomeOpt = None,
     json_out: JsonOpt = False,
     strict: StrictOpt = False,
+    rounds: RoundsOpt = 2,
 ):
     """Recall@1/5/10, MRR and nDCG@10 for each stage (ensemble, agent retrieval, judge, fused), with deltas.
 
     One traced agent run per query gives every stage (its answer keeps all K candidates and their scores).
     Queries whose relevant images are not in the store are listed and left out.
     """
-    turn = start(home, llm, k, pool=k).with_(kind="eval")  # every candidate is ranked: pool = k
+    turn = start(home, llm, k, pool=k).with_(kind="eval", rounds=rounds)  # every candidate is ranked: pool = k
     from agent.assistant import require_no_fallback
     from agent.core import evaluate as ev
     from agent.core.queries import read_ground_truth

@@ -175,6 +175,13 @@ def run_view(run: dict, short: bool = False) -> RenderableType:
                       ms=jud.ms)]
         if not short:
             parts += _verdict_blocks(verdicts, by_id)
+    for rf in ev.rounds:  # the corrective loop (agent/reflect.py): one decision per round
+        parts += [_h(f"Reflect, round {rf.round + 1}: {rf.decision}"),
+                  _kv(reason=rf.reason, triggers="; ".join(rf.triggers) or "none", ms=rf.ms)]
+        parts += [literal(f"- {call_text(c)}") for c in rf.calls]
+        parts += [literal(f"! {c['tool']} {c['kind']} {c['filter']}: the planner gave {c['planner']!r}, the "
+                          f"description says {c['description']!r} (used)", style="yellow") for c in rf.conflicts]
+        parts += [literal(x, style="yellow") for x in (rf.clarify, rf.notice) if x]
     fuse = ev.fuse
     if fuse is not None:
         cfg = fuse.config

@@ -1,8 +1,11 @@
 """The trace events of one turn, typed: written and read through this module only.
 
-A turn leaves four events in traces.db (store/traces.py keeps them as (node, kind, JSON payload) rows):
+A turn leaves these events in traces.db (store/traces.py keeps them as (node, kind, JSON payload) rows):
 the plan (`PlanEvent`), the candidates the tools returned (`CandidatesEvent`), the judge's verdicts
-(`VerdictsEvent`) and the Pos-Fuse table (`FuseEvent`). `events_for_update` makes them from a node's state
+(`VerdictsEvent`), one decision of the corrective loop per round (`ReflectEvent`) and the Pos-Fuse table
+(`FuseEvent`). A turn of several rounds writes candidates and verdicts once per round, each the union so far
+(the last is the turn's), and one ReflectEvent per round (`RunEvents.rounds` keeps them all).
+`events_for_update` makes them from a node's state
 update (the Assistant, the one trace writer, calls it), `write` stores one, `read_events` parses a stored run
 back into `RunEvents`. Nothing else names an event by its "node/kind" key.
 
@@ -64,6 +67,24 @@ class VerdictsEvent(_Event):
     ms: Optional[float] = None
 
 
+class ReflectEvent(_Event):
+    """One decision of the reflect node (agent/reflect.py): answer, search_again or ask_back, the triggers,
+    the signals behind them, the next round's tool calls after enforce, and any conflicts it put right."""
+
+    node: ClassVar[str] = "reflect"
+    kind: ClassVar[str] = "decision"
+    round: int = 0
+    decision: str = "answer"
+    triggers: list[str] = Field(default_factory=list)
+    reason: str = ""
+    signals: dict = Field(default_factory=dict)
+    calls: list[dict] = Field(default_factory=list)
+    conflicts: list[dict] = Field(default_factory=list)
+    clarify: Optional[str] = None
+    notice: Optional[str] = None
+    ms: Optional[float] = None
+
+
 class FuseEvent(_Event):
     """The Pos-Fuse arithmetic: its settings, the constraints and one row per fused image."""
 
@@ -75,8 +96,8 @@ class FuseEvent(_Event):
     ms: Optional[float] = None
 
 
-Event = Union[PlanEvent, CandidatesEvent, VerdictsEvent, FuseEvent]
-_BY_KEY = {(m.node, m.kind): m for m in (PlanEvent, CandidatesEvent, VerdictsEvent, FuseEvent)}
+Event = Union[PlanEvent, CandidatesEvent, VerdictsEvent, ReflectEvent, FuseEvent]
+_BY_KEY = {(m.node, m.kind): m for m in (PlanEvent, CandidatesEvent, VerdictsEvent, ReflectEvent, FuseEvent)}
 
 
 class RunEvents(BaseModel):
@@ -86,6 +107,7 @@ class RunEvents(BaseModel):
     candidates: Optional[CandidatesEvent] = None
     verdicts: Optional[VerdictsEvent] = None
     fuse: Optional[FuseEvent] = None
+    rounds: list[ReflectEvent] = Field(default_factory=list)
 
     def candidates_by_id(self) -> dict[str, dict]:
         return {c["id"]: c for c in (self.candidates.candidates if self.candidates else [])}
@@ -102,10 +124,12 @@ def parse(node: Any, kind: Any, payload: Any) -> Optional[Event]:
 
 def read_events(run: dict) -> RunEvents:
     """A stored run's (store.traces.TraceDB.get_run) events as models; the last one where a node wrote twice."""
-    found: dict[str, Event] = {}
+    found: dict[str, Any] = {"rounds": []}
     for ev in run.get("events") or []:
         event = parse(ev.get("node"), ev.get("kind"), ev.get("payload"))
-        if event is not None:
+        if isinstance(event, ReflectEvent):
+            found["rounds"].append(event)
+        elif event is not None:
             found[_FIELD[type(event)]] = event
     return RunEvents(**found)
 
@@ -117,7 +141,7 @@ def write(traces, run_id: str, event: Event) -> None:
 
 def events_for_update(node: str, update: dict, seen: dict, ms: float, *, judge: str, fuse_config) -> list[Event]:
     """The events one node's state update makes: plan -> PlanEvent; judge -> the candidates it judged and its
-    verdicts; fuse -> the fused table. `seen` is the turn's state so far (the question, the constraints)."""
+    verdicts (the union so far); reflect -> its decision; fuse -> the fused table. `seen` is the turn's state so far (the question, the constraints)."""
     if node == "plan":
         return [PlanEvent(planner=update.get("planner"), fallback=update.get("plan_fallback"),
                           tool_calls=[dict(c) for c in update["messages"][-1].tool_calls],
@@ -125,10 +149,13 @@ def events_for_update(node: str, update: dict, seen: dict, ms: float, *, judge: 
                           conflicts=update.get("constraint_conflicts") or [],
                           corrections=update.get("corrections") or [], ms=ms)]
     if node == "judge":
+        r = int(seen.get("round") or 0)
         return [CandidatesEvent(candidates=[c.model_dump() for c in update["candidates"]],
-                                errors=update["tool_errors"]),
+                                errors=update["tool_errors"], round=r),
                 VerdictsEvent(judge=judge, question=seen.get("question"),
-                              verdicts=[v.model_dump() for v in update["verdicts"]], ms=ms)]
+                              verdicts=[v.model_dump() for v in update["verdicts"]], ms=ms, round=r)]
+    if node == "reflect" and update.get("rounds"):
+        return [ReflectEvent(**update["rounds"][-1], ms=ms)]
     if node == "fuse":
         return [FuseEvent(config=asdict(fuse_config), constraints=seen.get("constraints") or {},
                           table=[asdict(r) for r in update["ranking"]], ms=ms)]

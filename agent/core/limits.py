@@ -16,6 +16,9 @@ DEFAULT_POOL = 20  # candidates per query when the caller names none
 MAX_TEXT = 2000  # characters of a description sent to the server
 MAX_UPLOAD = 16 * 1024 * 1024  # bytes of an uploaded image (and of any request body)
 MAX_RUNS = 200  # runs listed by one request to the server
+DEFAULT_ROUNDS = 2  # extra search rounds the corrective loop may make per turn (agent/reflect.py); 0: one pass
+MAX_ROUNDS = 5  # the most extra rounds a request may ask for
+MAX_TOOL_CALLS = 12  # tool calls per turn, all rounds together (the planner's first calls count too)
 
 
 class LimitError(InputError):
@@ -32,3 +35,10 @@ def check_k(k: Any, what: str = "k") -> int:
 def pool_for(k: int, pool: Optional[int] = None) -> int:
     """Candidates per query for an answer of k images: the pool asked for (DEFAULT_POOL if none), at least k."""
     return max(check_k(pool, "pool") if pool is not None else DEFAULT_POOL, check_k(k))
+
+
+def check_rounds(rounds: Any) -> int:
+    """Extra rounds of the corrective loop as an int from 0 to MAX_ROUNDS, or LimitError naming the bound."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or not 0 <= rounds <= MAX_ROUNDS:
+        raise LimitError(f"rounds must be an integer from 0 to {MAX_ROUNDS}, not {rounds!r}")
+    return rounds

@@ -194,6 +194,13 @@ def _run_section(run: dict, heading: str = "h2", open_details: bool = True, anch
                 + _table(("image", "score", "judge", "status", "justification", "raw answer"), vrows, "verdicts"))
         parts.append(_details(f"<b>Judge</b>: {e(jud.judge)}", body, open_details))
 
+    for rf in ev.rounds:  # the corrective loop (agent/reflect.py): one decision per round
+        calls = "".join(f"<li><code>{e(call_text(c))}</code></li>" for c in rf.calls)
+        notes = "".join(f"<p>{e(x)}</p>" for x in (rf.clarify, rf.notice) if x)
+        body = (f"<p>{e(rf.reason)}; triggers: {e('; '.join(rf.triggers) or 'none')}</p><ul>{calls}</ul>{notes}"
+                f"<pre>{e(json.dumps(rf.signals))}</pre>")
+        parts.append(_details(f"<b>Reflect, round {rf.round + 1}</b>: {e(rf.decision)}", body, open_details))
+
     fuse = ev.fuse
     if fuse is not None:
         cfg = fuse.config

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from agent.core.limits import check_k, pool_for
+from agent.core.limits import DEFAULT_ROUNDS, check_k, check_rounds, pool_for
 from retrieval.errors import InputError
 
 KINDS = ("ask", "chat", "batch", "eval")
@@ -27,7 +27,8 @@ def check_llm(llm: str) -> str:
 class TurnRequest:
     """k: images in the answer; pool: candidates retrieved and judged per query (raised to k when smaller);
     llm: 'offline' or 'gemini' for this turn (None: the session's); thread: continue (and keep) this
-    conversation thread, None for a one-shot turn; kind: how the trace files the run.
+    conversation thread, None for a one-shot turn; kind: how the trace files the run; rounds: extra search
+    rounds the corrective loop may make (agent/reflect.py; 0 = one pass, plan -> tools -> judge -> fuse).
 
     Checked when built: k or pool over agent.core.limits.MAX_K is a LimitError naming the bound."""
 
@@ -36,8 +37,10 @@ class TurnRequest:
     llm: Optional[str] = None
     thread: Optional[str] = None
     kind: str = "ask"
+    rounds: int = DEFAULT_ROUNDS
 
     def __post_init__(self):
+        check_rounds(self.rounds)
         object.__setattr__(self, "pool", pool_for(check_k(self.k), self.pool))
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {self.kind!r}")

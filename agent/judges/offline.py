@@ -100,9 +100,15 @@ class OfflineJudge:
         self.top_fold_k = top_fold_k
 
     def judge(self, query: str, candidates: Sequence[Candidate],
-              on_progress: Optional[Callable[[int], None]] = None) -> list[Verdict]:
+              on_progress: Optional[Callable[[int], None]] = None,
+              context: Optional[Sequence[Candidate]] = None) -> list[Verdict]:
+        """`context`: every candidate of the turn so far (the corrective loop judges a round's new images only):
+        fold agreement is measured against them all, so a later round's images are not favoured by being
+        compared with fewer."""
         parsed = parse(query)
-        folds = fold_agreement(candidates, self.top_fold_k)
+        ids = {c.id for c in candidates}
+        pool = list(candidates) + [c for c in (context or ()) if c.id not in ids]
+        folds = fold_agreement(pool, self.top_fold_k)
         verdicts = []
         for cand in candidates:
             try:
