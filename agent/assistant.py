@@ -243,7 +243,7 @@ class Assistant:
         run_id = run_id or uuid.uuid4().hex
         ctx = Context(searcher=self.searcher, planner=planner, fallback_planner=self.fallback_planner,
                       judge=judge, run_id=run_id, k=request.k, pool=request.pool, fuse=self.fuse, llm=llm,
-                      rounds=request.rounds, max_tool_calls=MAX_TOOL_CALLS, threaded=keep,
+                      rounds=request.rounds, max_tool_calls=MAX_TOOL_CALLS, threaded=keep, local_files=request.local_files,
                       progress=(lambda payload: on_event("progress", payload)) if on_event is not None else None)
         config = {"configurable": {"thread_id": thread_id}}
         token = current_token()

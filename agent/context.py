@@ -47,6 +47,7 @@ class Context:
     llm: str = field(default="offline", metadata={"description": "'offline' or 'gemini' (for traces and notices)"})
     rounds: int = field(default=0, metadata={"description": "extra search rounds the reflect node may make"})
     max_tool_calls: int = field(default=12, metadata={"description": "tool calls per turn, all rounds together"})
+    local_files: bool = field(default=True, metadata={"description": "similar may open an image file by path"})
     threaded: bool = field(default=False, metadata={"description": "a conversation thread: reflect may ask back"})
     progress: Optional[Callable[[dict], None]] = field(
         default=None, metadata={"description": "sees {'stage': 'judge', 'judged': i, 'total': n} as a turn runs"})

@@ -59,7 +59,8 @@ def similar(
     """Find images that look like one image: '#N' (rank N of the previous answer), an image id, or a file path.
 
     Optional filters as for `retrieve` (a follow-up keeps the conversation's region, side and state)."""
-    searcher = _searcher()
+    ctx = get_runtime(Context).context
+    searcher, files = ctx.searcher, ctx.local_files
     ref = image.strip()
     if ref.startswith("#") and ref[1:].isdigit():
         rows = answer.rows if answer else []
@@ -67,7 +68,7 @@ def similar(
         if not 1 <= n <= len(rows):
             raise InputError(f"there is no image #{n} in the previous answer")
         ref = rows[n - 1].id
-    cands = filtered_search(lambda n, classes: searcher.similar(ref, n, classes), check_k(int(k)),
+    cands = filtered_search(lambda n, classes: searcher.similar(ref, n, classes, files=files), check_k(int(k)),
                             f"like {image}", Filters(region=region, side=side, state=state))
     return _summary(cands), cands
 

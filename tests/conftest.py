@@ -134,7 +134,7 @@ class WordSearcher:
     def like(self, image_id: str, k: int = 10, classes=None):
         label = next((it["label"] for it in self.items if it["id"] == image_id), None)
         if label is None:
-            raise KeyError(f"image {image_id} is not in the store")
+            raise InputError(f"image {image_id} is not in the store")  # as retrieval.search.Searcher does
         return self.by_vector(set(label.split("-")), k, classes)
 
     def image(self, path, k: int = 10, classes=None):

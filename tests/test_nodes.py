@@ -29,13 +29,14 @@ def cand(id: str, score: float, label=None, **kw) -> Candidate:
     return Candidate(rank=kw.pop("rank", 1), id=id, path=f"/x/{id}.png", score=score, label=label, **kw)
 
 
-def run_tools(searcher, calls: list[dict], previous: Answer | None = None, pool: int = 4) -> list[ToolMessage]:
+def run_tools(searcher, calls: list[dict], previous: Answer | None = None, pool: int = 4,
+              **ctx) -> list[ToolMessage]:
     """The tools node alone, in a one-node graph (the tools read the run's context as in the real graph)."""
     builder = StateGraph(State, context_schema=Context)
     builder.add_node("tools", tool_node())
     builder.add_edge(START, "tools")
     out = builder.compile().invoke({"messages": [AIMessage(content="", tool_calls=calls)], "answer": previous},
-                                   context=runtime(searcher, pool=pool).context)
+                                   context=runtime(searcher, pool=pool, **ctx).context)
     return [m for m in out["messages"] if isinstance(m, ToolMessage)]
 
 
@@ -84,6 +85,23 @@ def test_similar_tool_leaves_out_the_reference_image(word_searcher):
     [err] = run_tools(word_searcher, [{"name": "similar", "id": "c2", "type": "tool_call",
                                        "args": {"image": "#4"}}], previous=prev)
     assert err.status == "error" and "no image #4" in err.content
+
+
+def test_a_served_turns_similar_never_opens_a_path_the_planner_names(word_searcher, monkeypatch):
+    """Issue 22 row 2 inside /ask: a planner fed a remote caller's text may name a server file; with
+    local_files off (serve's turns) `similar` takes ids and #N only, and the file system is never asked."""
+    import pathlib
+
+    path = word_searcher.items[2]["path"]
+    call = [{"name": "similar", "id": "c1", "type": "tool_call", "args": {"image": path, "k": 3}}]
+    [local] = run_tools(word_searcher, call)  # the CLI's own turn may read its files
+    assert local.status != "error" and len(local.artifact) == 3
+    looked = []
+    real_is_file = pathlib.Path.is_file
+    monkeypatch.setattr(pathlib.Path, "is_file", lambda self: looked.append(str(self)) or real_is_file(self))
+    [served] = run_tools(word_searcher, call, local_files=False)
+    assert served.status == "error" and "not in the store" in served.content
+    assert path not in looked
 
 
 def test_judge_node_merges_tool_results_and_scores_each_candidate():

@@ -28,7 +28,9 @@ class TurnRequest:
     """k: images in the answer; pool: candidates retrieved and judged per query (raised to k when smaller);
     llm: 'offline' or 'gemini' for this turn (None: the session's); thread: continue (and keep) this
     conversation thread, None for a one-shot turn; kind: how the trace files the run; rounds: extra search
-    rounds the corrective loop may make (agent/reflect.py; 0 = one pass, plan -> tools -> judge -> fuse).
+    rounds the corrective loop may make (agent/reflect.py; 0 = one pass, plan -> tools -> judge -> fuse);
+    local_files: whether `similar` may read an image file the planner names (the CLI's own files), never for a
+    server's remote callers, whose planner (a model fed their text) must not open the server's files.
 
     Checked when built: k or pool over agent.core.limits.MAX_K is a LimitError naming the bound."""
 
@@ -38,6 +40,7 @@ class TurnRequest:
     thread: Optional[str] = None
     kind: str = "ask"
     rounds: int = DEFAULT_ROUNDS
+    local_files: bool = True  # the tools may open an image file named by path (False for a server's callers)
 
     def __post_init__(self):
         check_rounds(self.rounds)
