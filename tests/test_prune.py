@@ -69,7 +69,8 @@ def test_trace_prune_drops_old_runs_events_and_threads(word_searcher):
     r = runner.invoke(app, ["trace", "prune", "--before", "7d", "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert (doc["runs"], doc["events"], doc["threads"]) == (3, 12, 1) and doc["bytes_freed"] > 0
+    # 5 events a run: plan, retrieve, judge, reflect (its decision, also with --rounds 0), fuse
+    assert (doc["runs"], doc["events"], doc["threads"]) == (3, 15, 1) and doc["bytes_freed"] > 0
     assert set(_threads()) == {"mixed", "new"}  # 'mixed' has a recent turn: its thread stays
     with TraceDB(traces_db_path()) as db:
         runs = db.list_runs(limit=0)

@@ -16,7 +16,9 @@ DEFAULT_POOL = 20  # candidates per query when the caller names none
 MAX_TEXT = 2000  # characters of a description sent to the server
 MAX_UPLOAD = 16 * 1024 * 1024  # bytes of an uploaded image (and of any request body)
 MAX_RUNS = 200  # runs listed by one request to the server
-DEFAULT_ROUNDS = 2  # extra search rounds the corrective loop may make per turn (agent/reflect.py); 0: one pass
+# Extra search rounds the corrective loop may make per turn (agent/reflect.py; `--rounds N`); 0: one pass. Opt-in
+# until its rule "never below one pass" is measured on 3 blind splits (bench/agent_loop.py measured split 0 only).
+DEFAULT_ROUNDS = 0
 MAX_ROUNDS = 5  # the most extra rounds a request may ask for
 MAX_TOOL_CALLS = 12  # tool calls per turn, all rounds together (the planner's first calls count too)
 
