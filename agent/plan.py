@@ -20,7 +20,7 @@ from langgraph.runtime import Runtime
 
 from agent.constraints import FILTERS, LIKE, enforce, filters_of, resolve, with_side
 from agent.context import Context
-from agent.prompts import bounded_user_text, escape_user_text, load_prompt
+from agent.prompts import bounded_user_text, escape_user_text, is_blank, load_prompt
 from agent.state import Answer, State
 from retrieval.errors import InputError
 from retrieval.reading import parse, read, split_queries
@@ -110,7 +110,7 @@ def planner_messages(question: str, previous: Optional[Answer]) -> list[BaseMess
 def plan(state: State, runtime: Runtime[Context]) -> dict:
     ctx = runtime.context
     question = str(state.messages[-1].content) if state.messages else ""
-    if not question.strip():
+    if is_blank(question):
         raise InputError("the description is empty")
     msgs = planner_messages(question, state.answer)
     fallback = None

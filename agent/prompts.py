@@ -58,6 +58,12 @@ def bounded_user_text(text: str, max_chars: int = USER_TEXT_MAX_CHARS) -> str:
     return text
 
 
+def is_blank(text: str) -> bool:
+    """Whether nothing of `text` would reach a prompt (white space and control characters only): such a
+    description is empty, refused as bad input before a run starts rather than failing inside one."""
+    return not bounded_user_text(text)
+
+
 def escape_user_text(text: str, max_chars: int = USER_TEXT_MAX_CHARS) -> str:
     """User text made safe to place between delimiter tags: `<`, `>` and `&` escaped (so no `</description>`
     can close the field early), control characters dropped, length bounded."""

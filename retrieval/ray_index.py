@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -30,6 +31,49 @@ from retrieval.video import VIDEO_SUFFIXES
 
 log = logging.getLogger("kger.index.ray")
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024  # a batch of paths and statuses needs little; leave RAM to the models
+
+
+# Ray Data's actor pool always passes its context and transformer to an actor by object reference, with
+# restarts on, so Ray's core prints this error-level line for every pool, on runs that succeed
+# (ray-project/ray#57733, open upstream; the pool's restarts are what retry a killed worker's batch here)
+KNOWN_NOISE = (b"has constructor arguments in the object store and max_restarts > 0",)
+
+
+@contextlib.contextmanager
+def without_known_noise(markers: tuple[bytes, ...] = KNOWN_NOISE):
+    """Standard error (file descriptor 2, where Ray's C++ core writes) with the lines holding one of `markers`
+    dropped and everything else passed through as it comes. Not a lower log level: that would hide Ray's real
+    errors too."""
+    sys.stderr.flush()
+    saved, (read_end, write_end) = os.dup(2), os.pipe()
+
+    def pump() -> None:
+        pending = b""
+        while chunk := os.read(read_end, 65536):
+            pending += chunk
+            lines = pending.split(b"\n")
+            pending = lines.pop()  # a partial line (a progress bar's \r redraw) goes out at once unless noise
+            kept = [line + b"\n" for line in lines if not any(m in line for m in markers)]
+            if pending and not any(m in pending for m in markers) and b"\r" in pending:
+                kept.append(pending)
+                pending = b""
+            if kept:
+                os.write(saved, b"".join(kept))
+        if pending and not any(m in pending for m in markers):
+            os.write(saved, pending)
+
+    reader = threading.Thread(target=pump, name="kger-stderr-filter", daemon=True)
+    reader.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the last write end closes: the pump reads to the end and stops
+        reader.join(timeout=5)
+        os.close(read_end)
+        os.close(saved)
 
 
 class RayUnavailable(ValueError):
@@ -147,18 +191,20 @@ def index_with_ray(
         try:
             # Images in batches of `batch_size`; videos one per batch (one video may be hundreds of frames).
             for rows, per_batch in ((images, batch_size), (videos, 1)):
-                for out in _stream(ray, rows, per_batch, workers, actor_args):
-                    for path, status, reason, trusted in zip(out["path"], out["status"], out["reason"], out["trusted"]):
-                        if status == "indexed":
-                            report.indexed += 1
-                            report.trusted += bool(trusted)
-                        elif status == "present":
-                            report.present += 1
-                        else:
-                            skip(path, str(reason))
-                    done = min(total, done + (len(out["path"]) if per_batch > 1 else 1))
-                    if on_progress:
-                        on_progress(done, total)
+                with without_known_noise():  # entered after ray.init: Ray's own processes keep the real stderr
+                    for out in _stream(ray, rows, per_batch, workers, actor_args):
+                        for path, status, reason, trusted in zip(out["path"], out["status"], out["reason"],
+                                                                 out["trusted"]):
+                            if status == "indexed":
+                                report.indexed += 1
+                                report.trusted += bool(trusted)
+                            elif status == "present":
+                                report.present += 1
+                            else:
+                                skip(path, str(reason))
+                        done = min(total, done + (len(out["path"]) if per_batch > 1 else 1))
+                        if on_progress:
+                            on_progress(done, total)
         finally:
             if started:
                 ray.shutdown()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+DEFAULT_HOME = Path("~/.kger")  # where every clone and every install meets unless KGER_HOME says otherwise
+
 
 def kger_home() -> Path:
     """The home folder: KGER_HOME when set (tests point it at a tmp dir), else ~/.kger.
@@ -19,7 +21,7 @@ def kger_home() -> Path:
         from retrieval.errors import InputError
 
         raise InputError("KGER_HOME is set but empty: give it a folder, or unset it to use ~/.kger")
-    return Path(value or "~/.kger").expanduser()
+    return Path(value).expanduser() if value else DEFAULT_HOME.expanduser()
 
 
 def _home(home: Path | None) -> Path:

@@ -60,11 +60,14 @@ def ctrl_c_storm(chat_gallery, tmp_path_factory) -> dict:
     try:
         term.expect(re.escape(PROMPT), 0, timeout=120)
         term.turn("left ear, tympanic membrane")  # warm: the first turn loads the models
+        started = time.monotonic()
+        term.turn("right ear, tympanic membrane")  # a warm turn's length on this machine: the Ctrl-Cs land
+        turn_s = time.monotonic() - started  # within it (fixed delays missed fast machines: CI saw 2 of 20 land)
         for i in range(20):
             text = ("right ear number {i}", "more like number 2", "nose, left nasal cavity {i}",
                     "only the left side")[i % 4].format(i=i)
             mark = term.send(text + "\r")
-            delay = rnd.uniform(0.0, 0.6)
+            delay = rnd.uniform(0.0, 0.8 * turn_s)
             end = time.monotonic() + delay
             while time.monotonic() < end:
                 term._read(0.01)
@@ -78,7 +81,7 @@ def ctrl_c_storm(chat_gallery, tmp_path_factory) -> dict:
         status = term.wait()
     finally:
         term.close()
-    return {"attempts": attempts, "last": last, "status": status, "home": home}
+    return {"attempts": attempts, "last": last, "status": status, "home": home, "turn_s": turn_s}
 
 
 INTERNAL = re.compile(r"Traceback|error|Error|ext_hook|rollback|Exception|transaction")
@@ -103,7 +106,9 @@ def test_ctrl_c_at_random_moments_is_calm_and_stored_as_cancelled(ctrl_c_storm):
     attempts, runs = ctrl_c_storm["attempts"], _runs(ctrl_c_storm["home"])
     for a in attempts:  # no internal error text, whatever the moment
         assert not INTERNAL.search(a["screen"]), a
-    assert sum("Cancelled." in a["screen"] for a in attempts) >= 5, attempts  # most landed inside a turn
+    landed = sum("Cancelled." in a["screen"] for a in attempts)
+    print(f"{landed}/20 Ctrl-Cs landed inside a turn of {ctrl_c_storm['turn_s']:.2f} s")
+    assert landed >= 5, attempts  # most landed inside a turn
     assert {r["status"] for r in runs} <= {"ok", "cancelled"}, [(r["input"], r["status"], r["error"]) for r in runs]
     for a in (a for a in attempts if a["unique"]):  # the descriptions typed once each
         mine = [r for r in runs if r["input"] == a["text"]]

@@ -23,6 +23,14 @@ def test_demo_next_steps_name_this_home_and_how_to_reach_kger(tmp_path, monkeypa
     assert "source /opt/clone/.venv/bin/activate" in text
     assert "../shared" not in text and "ENTREP" in text  # a placeholder, said as one
     assert "kger trace show abcdef123456" in text
+    assert f"export KGER_HOME='{home}'" in text  # `make demo`'s home is the clone's own: a new shell needs it
+    assert "shared by every clone" not in text
+
+
+def test_demo_next_steps_on_the_default_home_say_it_is_shared(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    text = next_steps(tmp_path / ".kger", "r1", kger_dir=tmp_path, near=[tmp_path])
+    assert "export KGER_HOME" not in text and "shared by every clone" in text
 
 
 def test_demo_next_steps_use_the_shared_data_when_it_is_there(tmp_path, monkeypatch):

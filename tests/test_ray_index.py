@@ -65,6 +65,9 @@ def test_ray_index_matches_single_process_and_resumes_after_killed_driver(calibr
 
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    # a run that succeeds prints no error-level line of Ray's core (ray-project/ray#57733's is dropped)
+    noise = [line for line in rerun.stderr.splitlines() if "max_restarts" in line or " E " in line[:40]]
+    assert not noise, rerun.stderr[-3000:]
     summary = json.loads(rerun.stdout)
     assert summary["already_present"] >= n and summary["indexed"] + summary["already_present"] == 69
     assert summary["count"] == 69 and len(summary["duplicates"]) == 1 and summary["skipped"] == []

@@ -10,6 +10,7 @@ import typer
 
 from agent.cli.common import HomeOpt, err_console, out_console, set_home
 from agent.core.render import literal
+from store.paths import DEFAULT_HOME
 
 QUESTIONS = (
     "left ear: tympanic membrane with a bright cone of light",
@@ -113,8 +114,9 @@ def demo(
 
 def next_steps(home: Path, run_id: str, kger_dir: Optional[Path] = None, near: Optional[list[Path]] = None) -> str:
     """What to type next, as it is on this machine: how to reach `kger` in a new shell (`make demo` runs it
-    from .venv/bin, which a new shell's PATH lacks), this KGER_HOME's bundle path (clones may share
-    ~/.kger, or set their own), and the ENTRep data only where it is (../shared beside the clone)."""
+    from .venv/bin, which a new shell's PATH lacks), the home the demo used (`make demo`'s is the clone's own
+    .kger, which a new shell must be given as KGER_HOME), and the ENTRep data only where it is (../shared
+    beside the clone)."""
     import shlex
 
     kger_dir = kger_dir or Path(sys.executable).parent
@@ -123,6 +125,9 @@ def next_steps(home: Path, run_id: str, kger_dir: Optional[Path] = None, near: O
     if found is None or Path(found).parent.resolve() != kger_dir.resolve():
         lines += [f"  source {shlex.quote(str(kger_dir / 'activate'))}   # puts kger on PATH in this shell "
                   f"(or call {shlex.quote(str(kger_dir / 'kger'))})"]
+    shared = home.expanduser().resolve() == DEFAULT_HOME.expanduser().resolve()
+    if not shared:  # `make demo` gives each clone its own home: a new shell must be told where it is
+        lines += [f"  export KGER_HOME={shlex.quote(str(home))}   # the demo's home: its store, runs and bundles"]
     near = near if near is not None else [Path.cwd().parent, Path(__file__).resolve().parents[3]]
     data = next((d / "shared" / "data" / "entrep" / "train" for d in near
                  if (d / "shared" / "data" / "entrep" / "train" / "imgs").is_dir()), None)
@@ -132,8 +137,9 @@ def next_steps(home: Path, run_id: str, kger_dir: Optional[Path] = None, near: O
               f"  kger index {src}/imgs --bundle {bundle}",
               '  kger ask "white discharge in the left external auditory canal"',
               "  kger chat        # a conversation, with follow-ups",
-              f"  kger trace show {run_id}   # how #1 was chosen, step by step",
-              f"(KGER_HOME is {home}: set KGER_HOME or --home for a home of this clone's own)"]
+              f"  kger trace show {run_id}   # how #1 was chosen, step by step"]
+    if shared:
+        lines.append(f"(KGER_HOME is {home}, shared by every clone: set KGER_HOME or --home for a home of its own)")
     if data is None:
         lines.append("(ENTREP_TRAIN: your copy of the ENTRep training folder, with imgs/ and cls.json)")
     return "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 from agent.core import limits
 from agent.core.filters import Filters, filtered_search
 from agent.core.limits import MAX_RUNS, MAX_TEXT, MAX_UPLOAD, LimitError
+from agent.prompts import is_blank
 from retrieval.candidate import TOOL_FIELDS
 
 SEARCH_WORKERS = 4  # retrieval-only requests served at once (~20 ms each; more only queue on 2 cores)
@@ -42,9 +43,12 @@ class RequestError(ValueError):
         self.status = status
 
 
-def check_text(text: Any, what: str = "text") -> str:
-    if not isinstance(text, str) or not text.strip():
-        raise RequestError(f"{what} must be a non-empty string", 422)
+def check_text(text: Any, what: str = "text", description: bool = False) -> str:
+    """A non-empty string of at most MAX_TEXT characters; a `description` must also hold a readable
+    character (schemas.NONBLANK): one of control characters only reaches no prompt and no search."""
+    if not isinstance(text, str) or not text.strip() or (description and is_blank(text)):
+        raise RequestError(f"{what} must be a non-empty string" + (" (not only white space or control "
+                                                                   "characters)" if description else ""), 422)
     if len(text) > MAX_TEXT:
         raise RequestError(f"{what} is {len(text)} characters; at most {MAX_TEXT}", 422)
     return text
@@ -104,7 +108,7 @@ class Service:
     # ----------------------------------------------------------------------------------------- retrieval
     def search_text(self, text: str, k: int = 10, filters: Optional[Filters] = None) -> dict:
         """Retrieval only; `filters` order (or, strict, limit) the results as the agent's tools do."""
-        text, k = check_text(text), check_k(k)
+        text, k = check_text(text, description=True), check_k(k)
         vec = self.searcher.encode_text(text)
         results = filtered_search(lambda n, classes: self.searcher.by_vector(vec, n, classes), k, text, filters)
         doc = {"query": text, "store": self.store, "bundle": self.searcher.encoder.fingerprint,
@@ -179,7 +183,7 @@ class Service:
     # ----------------------------------------------------------------------------------------- the agent
     def ask(self, text: str, k: int = 5, thread_id: Optional[str] = None,
             on_event: Optional[Callable[[str, dict], None]] = None) -> dict:
-        text, k = check_text(text), check_k(k)
+        text, k = check_text(text, description=True), check_k(k)
         if thread_id is not None:
             check_text(thread_id, "thread_id")
         # a server's answers can be followed up (the thread id comes back), so each keeps its thread
