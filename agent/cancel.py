@@ -108,6 +108,9 @@ def run_cancellable(fn: Callable[[], T], on_cancel: Callable[[Token], None], gra
     try:
         while not done.wait(0.1):
             pass
+        if "error" in box:
+            raise box["error"]
+        return box["value"]  # inside the try: a Ctrl-C up to here cancels a turn that just finished, too
     except KeyboardInterrupt:
         token.event.set()
 
@@ -117,6 +120,3 @@ def run_cancellable(fn: Callable[[], T], on_cancel: Callable[[Token], None], gra
 
         shielded(stop)
         raise TurnCancelled() from None
-    if "error" in box:
-        raise box["error"]
-    return box["value"]

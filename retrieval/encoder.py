@@ -7,6 +7,7 @@ Both give the same vectors (tests/test_onnx_export.py: cosine >= 0.9999, same to
 """
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from concurrent.futures import Future
@@ -97,8 +98,22 @@ def prefetch(path: str | Path) -> None:
         except BaseException as e:  # noqa: BLE001 - re-raised by load_encoder's own attempt
             done.set_exception(e)
 
+    if not _opening:
+        atexit.register(_settle)
     _opening[key] = done
     threading.Thread(target=open_export, name="kger-prefetch", daemon=True).start()
+
+
+def _settle(timeout: float = 30.0) -> None:
+    """At exit, let an unfinished prefetch end first. A command that fails before it takes its encoder (a full
+    disk when the store opens) would otherwise exit while the thread is inside onnxruntime: the interpreter
+    halts daemon threads where they stand, and one halted in C++ aborts the process ("terminate called without
+    an active exception", exit 134) after the command has already said its one-line error."""
+    for done in list(_opening.values()):
+        try:
+            done.exception(timeout=timeout)
+        except Exception:  # noqa: BLE001 - a timeout or a cancelled future: nothing more to wait for
+            pass
 
 
 def _prefetched(path: Path) -> Encoder | None:

@@ -20,6 +20,8 @@ from agent.assistant import Assistant
 from agent.cli import app
 from agent.judges.offline import OfflineJudge
 from agent.plan import OfflinePlanner
+from agent.prompts import is_blank
+from retrieval.errors import InputError
 from store.paths import traces_db_path
 from store.traces import TraceDB
 
@@ -34,6 +36,8 @@ _fixed = st.sampled_from(["[/bold] left ear", "\x1b]8;;http://x\x1b\\left\x1b]8;
                           "left ear\r\nright ear", "\\[bold]", "[", "]", "left ear " * 400])
 hostile = st.one_of(_any, _controls, _markup, _fixed, st.builds(str.__add__, _markup, _controls))
 description = hostile.filter(lambda s: s.strip())
+# What Assistant.ask takes; a description of white space and control characters only is refused (below).
+searchable = hostile.filter(lambda s: not is_blank(s))
 
 
 def render(*renderables) -> str:
@@ -57,7 +61,7 @@ def test_data_renders_anything_and_keeps_plain_text(text):
 
 
 @FIXTURES
-@given(text=description)
+@given(text=searchable)
 def test_ask_trace_and_render_round_trip(word_searcher, text):
     from agent.cli.ask import answer_table
     from agent.core.audit import explain_rank, run_view
@@ -100,9 +104,9 @@ def test_chat_turns_never_raise(word_searcher, text):
             return
         assert going_on
         answer = session.last
-        if answer is None:  # no answer: only for text with nothing to search, said in one line
-            assert not _visible(text), (text, shown, said)
-            assert shown.startswith("No image found for ") and len(said) == 1, (shown, said)
+        if answer is None:  # no answer: only for text with nothing to search, said in one hint line
+            assert is_blank(text) and not _visible(text), (text, shown, said)
+            assert not shown and len(said) == 1 and "Type a clinical description" in said[0], (shown, said)
             return
         assert answer.status == "ok" and len(answer.rows) == 2 and answer.input == text.strip()
         assert db.get_run(answer.run_id)["input"] == text.strip()
@@ -112,8 +116,28 @@ def test_chat_turns_never_raise(word_searcher, text):
         assert "Why #1 " in out.file.getvalue()[before:]
 
 
+_blank = st.text(st.sampled_from(" \t\n\r\x00\x01\x08\x0b\x0c\x0e\x12\x1b\x1f\x7f\u3000"), min_size=1, max_size=20)
+
+
+@FIXTURES
+@given(text=_blank)
+def test_a_description_of_controls_only_is_refused_and_stores_no_run(word_searcher, text):
+    assert is_blank(text)
+    with TraceDB(traces_db_path()) as db:
+        before = len(db.list_runs(limit=1_000_000))
+        assistant = Assistant(searcher=word_searcher, traces=db, k=2, pool=4, planner=OfflinePlanner(),
+                              judge=OfflineJudge())
+        try:
+            assistant.ask(text, kind="batch")
+        except InputError as e:
+            assert "empty" in str(e)
+        else:
+            raise AssertionError(f"{text!r} was searched")
+        assert len(db.list_runs(limit=1_000_000)) == before
+
+
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=description)
+@given(text=searchable)
 def test_trace_cli_show_list_export_round_trip(word_searcher, text, tmp_path_factory):
     with TraceDB(traces_db_path()) as db:
         run_id = Assistant(searcher=word_searcher, traces=db, k=2, pool=4, planner=OfflinePlanner(),

@@ -164,6 +164,23 @@ def test_a_prefetched_export_is_the_encoder_loaded(exported, tmp_path):
     np.testing.assert_array_equal(warm.encode_texts(["left ear"]), cold.encode_texts(["left ear"]))
 
 
+def test_an_exit_during_a_prefetch_is_a_clean_exit(exported):
+    """A command that fails before it takes its encoder (a full disk as the store opens) exits with its own
+    code while the prefetch thread may still be inside onnxruntime: exit 1, never an abort (134, "terminate
+    called without an active exception"). The exits are spread over the time a prefetch takes here."""
+    timing = ("import sys, time; from retrieval.encoder import _opening, prefetch; t = time.perf_counter(); "
+              "prefetch(sys.argv[1]); next(iter(_opening.values())).result(); print(time.perf_counter() - t)")
+    took = float(subprocess.run([sys.executable, "-c", timing, str(exported[0])], cwd=ROOT, capture_output=True,
+                                text=True, timeout=120, check=True).stdout)
+    script = ("import sys, time; from retrieval.encoder import prefetch; prefetch(sys.argv[1]); "
+              "time.sleep(float(sys.argv[2])); print('Error: no space left', file=sys.stderr); raise SystemExit(1)")
+    for i in range(10):
+        delay = str(took * i / 8)
+        done = subprocess.run([sys.executable, "-c", script, str(exported[0]), delay], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert (done.returncode, done.stderr.strip()) == (1, "Error: no space left"), (delay, done.stderr)
+
+
 def test_a_prefetch_that_fails_leaves_the_error_to_the_caller(exported, tmp_path, monkeypatch):
     import shutil
 

@@ -24,6 +24,7 @@ from agent.cli.common import (
 from agent.core.events import read_events
 from agent.core.limits import MAX_K
 from agent.core.render import line, literal
+from agent.prompts import is_blank
 
 if TYPE_CHECKING:
     from agent.state import Answer
@@ -99,7 +100,7 @@ class ChatSession:
     def handle(self, line: str) -> bool:
         """Answer one input line; False means the session ends."""
         text = line.strip()
-        if not text:
+        if is_blank(text):  # nothing to search (control characters only too): Assistant.ask would refuse it
             self.hint("Type a clinical description (e.g. 'left ear, tympanic membrane'), or /help.")
             return True
         if text.startswith("/"):
@@ -122,24 +123,29 @@ class ChatSession:
     def ask(self, text: str) -> None:
         from agent.cancel import Token, TurnCancelled, run_cancellable, shielded
 
-        token = Token()
-        with self.err.status("Searching and judging...", spinner="dots"):  # Ctrl-C: agent/cancel.py
-            answer = run_cancellable(lambda: self.assistant.ask(text, self.turn), self.assistant.cancel_turn,
-                                     token=token)
-        if answer.status == "error":  # no answer: say why (a bad follow-up, a store that failed), never an empty table
-            self.console.print(line("No image found for ", literal(repr(answer.question)), "."))
-            self.hint(answer.error or "the turn failed")
-            return
-        if self.strict and answer.fallbacks:
-            from agent.assistant import require_no_fallback
-
-            self.strict_failures += 1
-            require_no_fallback(answer)  # the loop prints its one line; the session goes on
+        token, finished = Token(), False
         try:
+            with self.err.status("Searching and judging...", spinner="dots"):  # Ctrl-C: agent/cancel.py
+                answer = run_cancellable(lambda: self.assistant.ask(text, self.turn), self.assistant.cancel_turn,
+                                         token=token)
+                finished = True
+            if answer.status == "error":  # no answer: say why (a bad follow-up, a store that failed), never an empty table
+                self.console.print(line("No image found for ", literal(repr(answer.question)), "."))
+                self.hint(answer.error or "the turn failed")
+                return
+            if self.strict and answer.fallbacks:
+                from agent.assistant import require_no_fallback
+
+                self.strict_failures += 1
+                require_no_fallback(answer)  # the loop prints its one line; the session goes on
             if answer.asked_back:  # the question first; the next message resolves it (agent/constraints.resolve)
                 self.console.print(literal(answer.clarify or "", style="bold yellow"), soft_wrap=True)
             self.print_answer(answer)  # ends with the run id: from then on the answer has been shown
-        except KeyboardInterrupt:  # cut before it was shown: cancelled too, the thread as before the turn
+        except KeyboardInterrupt:
+            if not finished:
+                raise
+            # The turn finished but its run id was not shown yet (the spinner stopping, the table printing):
+            # cancelled too, the thread as before the turn, so what is stored matches what the user saw.
             shielded(lambda: self.assistant.cancel_turn(token))
             raise TurnCancelled() from None
         self.last = answer
