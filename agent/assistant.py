@@ -22,7 +22,7 @@ from agent.cancel import current as current_token
 from agent.cancel import guard_writes
 from agent.context import Context, Planner
 from agent.core.limits import DEFAULT_POOL, MAX_TOOL_CALLS, pool_for
-from agent.core.events import events_for_update
+from agent.core.events import REFLECT_SHOWN, ReflectEvent, events_for_update
 from agent.core.events import write as write_event
 from agent.core.turn import TurnRequest, check_llm
 from agent.graph import build_graph, serializer
@@ -215,8 +215,9 @@ class Assistant:
         (rows with retrieval / judge / fused scores) with its run id. `thread_id` and `kind` are shorthands for
         a request with the session's defaults and that thread / kind.
 
-        `on_event(kind, payload)` sees the turn as it runs: ("node", {node, ms}) as each node finishes and
-        ("progress", {...}) from the judge ("judged 7/20"), through `Context.progress`. Not LangGraph's "custom"
+        `on_event(kind, payload)` sees the turn as it runs: ("node", {node, ms}) as each node finishes,
+        ("progress", {...}) from the judge ("judged 7/20"), through `Context.progress`, and ("reflect", {round,
+        decision, triggers, reason, ...}) for each decision of the corrective loop. Not LangGraph's "custom"
         stream mode: that runs the nodes in a worker thread, and then Ctrl-C cannot end a turn whose remote call
         hangs (the stream waits for the thread).
 
@@ -268,12 +269,16 @@ class Assistant:
                 for node, values in update.items():
                     timings[node] = round((now - last) * 1000, 2)
                     seen.update(values or {})
+                    events = events_for_update(node, values or {}, seen, timings[node], judge=judge_name,
+                                               fuse_config=self.fuse)
                     if self.traces is not None:
-                        for event in events_for_update(node, values or {}, seen, timings[node], judge=judge_name,
-                                                       fuse_config=self.fuse):
+                        for event in events:
                             write_event(self.traces, run_id, event)
                     if on_event is not None:
                         on_event("node", {"node": node, "ms": timings[node]})
+                        for event in events:  # the corrective loop's rounds, as they are decided
+                            if isinstance(event, ReflectEvent):
+                                on_event("reflect", event.model_dump(include=REFLECT_SHOWN))
                 last = now
             state = graph.get_state(config).values
             check_cancelled()

@@ -130,6 +130,9 @@ def main() -> None:
     ap.add_argument("--eval-only", default=None, help=argparse.SUPPRESS)  # a KGER_HOME: evaluate, print JSON
     args = ap.parse_args()
     if args.eval_only:
+        # That tree's code only: an editable install's finder would supply, from this tree, the modules it lacks
+        # (retrieval.reading before it existed), mixing two versions in one run.
+        sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "__name__", "") != "_EditableFinder"]
         sys.path.insert(0, os.getcwd())
         print(json.dumps(evaluate(Path(args.eval_only))))
         return

@@ -174,3 +174,33 @@ def test_a_long_trace_show_is_paged_on_a_terminal_only(chat_gallery, tmp_path):
     assert code == 0 and "left ear, tympanic membrane" in screen and not paged.exists()
     piped = subprocess.run(KGER + ["trace", "show", run_id], env=small, capture_output=True, text=True, timeout=300)
     assert piped.returncode == 0 and run_id in piped.stdout and not paged.exists()
+
+
+@pytest.mark.parametrize("command", ["ask", "chat", "batch", "eval"])
+def test_every_turn_command_takes_judge_and_rounds_with_one_default(command, monkeypatch, tmp_path):
+    """--judge reaches the session (open_assistant) and --rounds the turn, on each command that runs turns;
+    --rounds defaults to the one constant (agent/core/limits.DEFAULT_ROUNDS), which the README calls off."""
+    import importlib
+    import inspect
+
+    from agent.core.limits import DEFAULT_ROUNDS
+
+    module = importlib.import_module(f"agent.cli.{command}")
+    seen = {}
+
+    def opened(*args, judge="image", **kw):
+        seen["judge"] = judge
+        raise SystemExit(3)  # far enough: the session is what this test is about
+
+    monkeypatch.setattr(module, "open_assistant", opened)
+    queries = tmp_path / "q.txt"
+    queries.write_text("left ear\n")
+    truth = tmp_path / "truth.csv"
+    truth.write_text("query,image\nleft ear,x.png\n")
+    argv = {"ask": ["ask", "left ear"], "chat": ["chat"], "batch": ["batch", str(queries), "--out", str(tmp_path / "o")],
+            "eval": ["eval", str(truth)]}[command]
+    r = CliRunner().invoke(app, [*argv, "--judge", "list", "--home", str(tmp_path / "home")], input="")
+    assert r.exit_code == 3 and seen == {"judge": "list"}, r.output
+    fn = getattr(module, {"eval": "evaluate"}.get(command, command))
+    assert inspect.signature(fn).parameters["rounds"].default == DEFAULT_ROUNDS == 0
+    assert "--rounds" in CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output

@@ -178,3 +178,52 @@ def test_search_is_served_while_a_judged_turn_runs(service, http):
         release.set()
         worker.join(30)
     assert asked["r"].status_code == 200 and asked["r"].json()["run_id"] == "r"
+
+
+class _LowJudge:
+    """Scores every image 0.1: the evidence is weak, so the corrective loop searches again while it may."""
+
+    name = "low"
+
+    def judge(self, query, candidates, on_progress=None):
+        from agent.judges.base import Verdict
+
+        return [Verdict(id=c.id, score=0.1, justification="low", judge="offline", model="low") for c in candidates]
+
+
+def _sse(response) -> list[tuple[str, dict]]:
+    events, name = [], None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[6:])))
+    return events
+
+
+def test_rounds_over_http_and_mcp_and_each_round_streams_as_a_reflect_event(service, http):
+    """Issue 19: `rounds` on /ask, /ask/stream and MCP ask (default: DEFAULT_ROUNDS, one pass); the stream shows
+    each decision of the loop as it is made, the same decisions the answer and the trace keep."""
+    from agent.core.events import read_events
+    from agent.core.limits import DEFAULT_ROUNDS, MAX_ROUNDS
+
+    service.assistant.judge = _LowJudge()
+    once = http.post("/ask", json={"text": "wax in the ear", "k": 2})
+    assert once.status_code == 200 and once.json()["cost"]["rounds"] == DEFAULT_ROUNDS == 0
+    assert [r["decision"] for r in once.json()["rounds"]] == ["answer"]
+    with http.stream("POST", "/ask/stream", json={"text": "wax in the ear", "k": 2, "rounds": 2}) as r:
+        assert r.status_code == 200
+        events = _sse(r)
+    reflects = [p for n, p in events if n == "reflect"]
+    assert [(p["round"], p["decision"]) for p in reflects] == [(0, "search_again"), (1, "search_again"), (2, "answer")]
+    assert all(p["triggers"] and p["reason"] for p in reflects) and "signals" not in reflects[0]  # the trace has those
+    answer = events[-1][1]
+    assert events[-1][0] == "answer" and answer["cost"]["rounds"] == 2
+    assert [r["decision"] for r in answer["rounds"]] == [p["decision"] for p in reflects]
+    assert len(read_events(service.run(answer["run_id"])).rounds) == 3
+    over = http.post("/ask", json={"text": "wax in the ear", "rounds": MAX_ROUNDS + 1})
+    assert over.status_code == 422 and f"less than or equal to {MAX_ROUNDS}" in over.json()["error"]
+    [mcp] = _mcp(service, ("ask", {"description": "wax in the ear", "k": 2, "rounds": 1}))
+    assert not mcp.is_error, _text(mcp)
+    run = service.run(json.loads(_text(mcp))["run_id"])
+    assert [e.decision for e in read_events(run).rounds] == ["search_again", "answer"]

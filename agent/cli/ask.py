@@ -13,6 +13,7 @@ from agent.cli.common import (
     ChromaUrlOpt, HomeOpt, JsonOpt, JudgeOpt, KOpt, LlmOpt, RoundsOpt, StoreOpt, StrictOpt, err_console, open_assistant, out_console,
     print_json, start,
 )
+from agent.core.limits import DEFAULT_ROUNDS
 from agent.core.render import line, literal
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ def ask(
     home: HomeOpt = None,
     json_out: JsonOpt = False,
     strict: StrictOpt = False,
-    rounds: RoundsOpt = 2,
+    rounds: RoundsOpt = DEFAULT_ROUNDS,
     judge: JudgeOpt = "image",
 ):
     """Find images for a description, judged and fused, with reasons and a run id for [bold]kger trace show[/bold]."""

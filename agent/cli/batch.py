@@ -13,6 +13,7 @@ from agent.cli.common import (
     StrictOpt,
     err_console, open_assistant, out_console, print_json, progress, report_skipped, start,
 )
+from agent.core.limits import DEFAULT_ROUNDS
 from agent.core.render import line, literal, plural
 from retrieval.errors import InputError
 
@@ -183,7 +184,7 @@ def batch(
     home: HomeOpt = None,
     json_out: JsonOpt = False,
     strict: StrictOpt = False,
-    rounds: RoundsOpt = 2,
+    rounds: RoundsOpt = DEFAULT_ROUNDS,
     judge: JudgeOpt = "image",
 ):
     """Answer every query of a file through the whole agent; resumable, one traced run per query.

@@ -18,11 +18,11 @@ from rich.console import Console
 
 from agent.cli.ask import answer_table
 from agent.cli.common import (
-    ChromaUrlOpt, HomeOpt, KOpt, LlmOpt, RoundsOpt, StoreOpt, StrictOpt, announce_llm, err_console, open_assistant,
+    ChromaUrlOpt, HomeOpt, JudgeOpt, KOpt, LlmOpt, RoundsOpt, StoreOpt, StrictOpt, announce_llm, err_console, open_assistant,
     out_console, start,
 )
 from agent.core.events import read_events
-from agent.core.limits import MAX_K
+from agent.core.limits import DEFAULT_ROUNDS, MAX_K
 from agent.core.render import line, literal
 from agent.prompts import is_blank
 
@@ -295,11 +295,12 @@ def chat(
     chroma_url: ChromaUrlOpt = None,
     home: HomeOpt = None,
     strict: StrictOpt = False,
-    rounds: RoundsOpt = 2,
+    rounds: RoundsOpt = DEFAULT_ROUNDS,
+    judge: JudgeOpt = "image",
 ):
     """Talk to the assistant: describe what you look for, refine it, ask why. /help lists the commands."""
     start(home, llm, k)  # announces a remote LLM once, before anything is sent; k within the limit
-    assistant = open_assistant(store, chroma_url, llm, k)
+    assistant = open_assistant(store, chroma_url, llm, k, judge=judge)
     session = ChatSession(assistant, announced_remote=llm == "gemini", strict=strict, rounds=rounds)
     save_history = setup_readline()
     err_console.print(literal(f"kger chat: store '{store}', llm {llm}, k {k}. Describe what you look for; /help for "

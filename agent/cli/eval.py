@@ -9,11 +9,11 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.cli.common import (
-    SHOWN, BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, LlmOpt, RoundsOpt, StoreOpt, StrictOpt,
+    SHOWN, BatchError, ChromaUrlOpt, ConcurrencyOpt, HomeOpt, JsonOpt, JudgeOpt, LlmOpt, RoundsOpt, StoreOpt, StrictOpt,
     err_console,
     open_assistant, out_console, print_json, progress, report_skipped, start,
 )
-from agent.core.limits import MAX_K
+from agent.core.limits import DEFAULT_ROUNDS, MAX_K
 from agent.core.render import line, literal, plural
 
 
@@ -87,7 +87,8 @@ def evaluate(
     home: HomeOpt = None,
     json_out: JsonOpt = False,
     strict: StrictOpt = False,
-    rounds: RoundsOpt = 2,
+    rounds: RoundsOpt = DEFAULT_ROUNDS,
+    judge: JudgeOpt = "image",
 ):
     """Recall@1/5/10, MRR and nDCG@10 for each stage (ensemble, agent retrieval, judge, fused), with deltas.
 
@@ -106,7 +107,7 @@ def evaluate(
         from retrieval.labels import read_labels
 
         label_map = read_labels(labels)
-    assistant = open_assistant(store, chroma_url, llm, k, pool=k, concurrency=concurrency)
+    assistant = open_assistant(store, chroma_url, llm, k, pool=k, concurrency=concurrency, judge=judge)
     records_meta = assistant.searcher.gallery.all_metadata()
     resolved, excluded = ev.resolve_truth(parsed.items, records_meta, label_map)
     for x in excluded[:SHOWN]:

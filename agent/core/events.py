@@ -85,6 +85,10 @@ class ReflectEvent(_Event):
     ms: Optional[float] = None
 
 
+# What a live stream (serve's SSE `reflect` event) shows of a decision; the trace keeps the whole event.
+REFLECT_SHOWN = {"round", "decision", "triggers", "reason", "clarify", "notice"}
+
+
 class FuseEvent(_Event):
     """The Pos-Fuse arithmetic: its settings, the constraints and one row per fused image."""
 

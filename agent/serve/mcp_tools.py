@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 from pydantic import Field, ValidationError
 
 from agent.core.filters import Filters, Region, Side, State
-from agent.core.limits import MAX_K
+from agent.core.limits import DEFAULT_ROUNDS, MAX_K, MAX_ROUNDS
 from agent.core.version import kger_version
 from agent.serve.schemas import first_error_line
 from agent.serve.service import RequestError, Service
@@ -153,6 +153,9 @@ def build_mcp(service: Service):
         thread_id: Annotated[Optional[str], Field(description="Pass the thread_id of an earlier answer to ask a "
                                                               "follow-up ('only the left side', 'more like #2').")] = None,
         thumbnails: Thumbnails = False,
+        rounds: Annotated[int, Field(ge=0, le=MAX_ROUNDS, description="Extra search rounds when the evidence is "
+                                                                      "weak (0: one pass); each is in the trace.")]
+        = DEFAULT_ROUNDS,
     ) -> dict[str, Any]:
         """Answer a description with ranked images and a reason for each, as a clinician would check them.
 
@@ -161,7 +164,7 @@ def build_mcp(service: Service):
         that contradict a named side/region/state are ranked last and say so. Each row has `retrieval`,
         `judge` and `fused` scores and a `justification`. Returns `run_id` (pass it to `trace` to audit the
         run) and `thread_id` (pass it back for follow-ups)."""
-        answer = await service.judged(service.ask, description, k, thread_id)
+        answer = await service.judged(lambda: service.ask(description, k, thread_id, rounds=rounds))
         keep = ("rank", "id", "name", "path", "label", "predicted", "predicted_prob", "retrieval", "judge",
                 "fused", "justification", "fallback", "demoted")
         out = {"question": answer.get("question", description), "run_id": answer.get("run_id"),

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from agent.core.filters import Filters
-from agent.core.limits import MAX_K, MAX_TEXT
+from agent.core.limits import DEFAULT_ROUNDS, MAX_K, MAX_ROUNDS, MAX_TEXT
 from agent.state import Answer, AnswerRow
 
 # a character nobody counts as white space: Python's str.strip() (which also strips \x1c-\x1f and \x85) and
@@ -68,6 +68,9 @@ class AskRequest(BaseModel):
     k: Count = Field(5, ge=1, le=MAX_K, description="How many images to return.")
     thread_id: Optional[str] = Field(None, min_length=1, max_length=MAX_ID, pattern=NONBLANK,
                                      description="Continue this conversation (the thread_id of an earlier answer).")
+    rounds: Count = Field(DEFAULT_ROUNDS, ge=0, le=MAX_ROUNDS,
+                        description="Extra search rounds the corrective loop may make when the evidence is weak "
+                                    "(0: one pass). Each round is a `reflect` event in /ask/stream and in the trace.")
     thumbnails: bool = Field(False, description="Add each row's image as `thumbnail` (base64 JPEG, <= 256 px).")
 
 
@@ -185,9 +188,11 @@ def errors(*statuses: int) -> dict[int, dict]:
 
 # one server-sent event as schemathesis and the EventSource API see it: its name and its data (JSON text)
 SSE_EVENT = {"type": "object", "required": ["event", "data"],
-             "properties": {"event": {"type": "string", "enum": ["node", "progress", "answer", "error"]},
+             "properties": {"event": {"type": "string", "enum": ["node", "progress", "reflect", "answer", "error"]},
                             "data": {"type": "string", "description": "JSON: a node's name and time, judging "
-                                                                      "progress, the /ask body, or {error, status}"}}}
+                                                                      "progress, a corrective-loop decision {round, "
+                                                                      "decision, triggers, reason}, the /ask body, "
+                                                                      "or {error, status}"}}}
 
 
 ERROR_CAUSES = {

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 from agent.core import limits
 from agent.core.filters import Filters, filtered_search
-from agent.core.limits import MAX_RUNS, MAX_TEXT, MAX_UPLOAD, LimitError
+from agent.core.limits import DEFAULT_ROUNDS, MAX_RUNS, MAX_TEXT, MAX_UPLOAD, LimitError, check_rounds
 from agent.prompts import is_blank
 from retrieval.candidate import TOOL_FIELDS
 
@@ -182,13 +182,13 @@ class Service:
 
     # ----------------------------------------------------------------------------------------- the agent
     def ask(self, text: str, k: int = 5, thread_id: Optional[str] = None,
-            on_event: Optional[Callable[[str, dict], None]] = None) -> dict:
-        text, k = check_text(text, description=True), check_k(k)
+            on_event: Optional[Callable[[str, dict], None]] = None, rounds: int = DEFAULT_ROUNDS) -> dict:
+        text, k, rounds = check_text(text, description=True), check_k(k), check_rounds(rounds)
         if thread_id is not None:
             check_text(thread_id, "thread_id")
         # a server's answers can be followed up (the thread id comes back), so each keeps its thread
         turn = self.assistant.turn(k=k, pool=None, thread=thread_id or uuid.uuid4().hex, kind="ask",
-                                   local_files=False)  # a remote caller's text must not open server files
+                                   rounds=rounds, local_files=False)  # a remote caller's text must not open server files
         with self.lock:
             answer = self.assistant.ask(text, turn, on_event=on_event)
         if answer.status == "error":  # the store or a model failed: an error, not an empty answer
