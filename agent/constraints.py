@@ -19,6 +19,16 @@ from retrieval.reading import parse, split_queries
 FILTERS = ("region", "side", "state")
 FILTERED_TOOLS = ("retrieve", "similar")  # the tools that take the filters (agent/tools.py)
 LIKE = re.compile(r"\b(?:more\s+)?(?:like|similar\s+to)\s+(?:number\s+|no\.?\s*|#\s*)?(\d+)\b", re.I)
+# "left or right ear", "right and left tympanic membrane", "left/right": both sides named for one finding
+BOTH_SIDES = re.compile(r"\b(left|right)\s*(?:or|and|/|&)\s*(?!\1)(left|right)\b", re.I)
+MEANT_BOTH = re.compile(r"\b(?:both|bilateral(?:ly)?|either)\b", re.I)  # "both" is an answer, not a question
+
+
+def names_both_sides(text: str) -> bool:
+    """Whether one finding is given both sides ("wax in the left or right ear") without saying both are meant
+    ("bilateral", "both"): an image shows one side, so which one is a question (agent/reflect.py asks it)."""
+    pieces = split_queries(text)
+    return len(pieces) == 1 and bool(BOTH_SIDES.search(text)) and not MEANT_BOTH.search(text)
 
 
 def with_side(text: str, side: str) -> str:
@@ -27,6 +37,8 @@ def with_side(text: str, side: str) -> str:
     pieces = split_queries(text)
     if len(pieces) > 1 and len({parse(p).side for p in pieces} - {None}) > 1:
         return ", ".join(with_side(p, side) for p in pieces)
+    if names_both_sides(text):  # "wax in the left or right ear" -> "wax in the right ear"
+        return BOTH_SIDES.sub(side, text, count=1)
     current = filters_of(text).get("side") or parse(text).side
     if current == side:
         return text
@@ -62,7 +74,8 @@ def resolve(question: str, previous: Optional[Answer]) -> tuple[str, dict[str, s
     A follow-up ("only the left side", "more like number 2", "with discharge") says little by itself: it is
     resolved against the previous turn's description, so the judge and the filters stay about the clinical
     question. A "more like #N" turn keeps the previous constraints. After an ask-back ("which region do you
-    mean?", agent/reflect.py) a message naming a region answers it: the region joins the previous description."""
+    mean?", agent/reflect.py) a message naming a region answers it: the region joins the previous description;
+    after "which side?" a side answers it (`with_side`) and "both" keeps both."""
     prev_q = previous.question if previous else None
     if prev_q and LIKE.search(question):
         return prev_q, dict(previous.constraints), True

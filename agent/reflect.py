@@ -21,7 +21,8 @@ round can only add candidates (and judge calls).
 Asking back (`ask_back`): in a thread (chat, ask --thread, serve threads), when the description names no region
 and another region's best judged image is within MARGIN of the best one (a tie the judge cannot break: the
 retrieval order alone would pick the region), the answer is a question with
-the options and the best guesses; the next message resolves it (agent/constraints.resolve). A one-shot turn
+the options and the best guesses; the same when one finding is given both sides ("wax in the left or right
+ear": an image shows one side). The next message resolves it (agent/constraints.resolve). A one-shot turn
 never blocks: it answers and carries the same `clarify` note.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Literal, Optional
 from langchain_core.messages import AIMessage
 from langgraph.runtime import Runtime
 
+from agent.constraints import names_both_sides
 from agent.context import Context
 from agent.evidence import usual_best, weak_notice
 from agent.replan import next_calls, ranked
@@ -138,8 +140,8 @@ def triggers(s: Signals) -> list[str]:
     return out
 
 
-def region_split(state: State, s: Signals) -> Optional[str]:
-    """The clarify note when the description names no region and the top images split across regions."""
+def region_split(state: State, s: Signals) -> Optional[tuple[str, str]]:
+    """(clarify note, reason) when the description names no region and the top images split across regions."""
     if state.constraints.get("region") or parse(state.question).site:
         return None
     ordered = sorted(s.regions_top.items(), key=lambda rx: -rx[1])
@@ -147,19 +149,28 @@ def region_split(state: State, s: Signals) -> Optional[str]:
     if len(close) < 2:
         return None
     options = " or ".join(close)
-    return f"The description names no region and the best images split across {options}: which do you mean?"
+    return (f"The description names no region and the best images split across {options}: which do you mean?",
+            "no region named and the evidence splits across regions")
+
+
+def side_split(state: State) -> Optional[tuple[str, str]]:
+    """(clarify note, reason) when one finding is given both sides ("wax in the left or right ear")."""
+    if not names_both_sides(state.question):
+        return None
+    return ("The description names both sides for one finding: the left, the right, or both? "
+            "The best images of either side are below.", "both sides named for one finding")
 
 
 def decide(state: State, ctx: Context) -> Decision:
     s = signals(state, ctx)
     found = triggers(s)
-    clarify = region_split(state, s) if state.round == 0 else None
+    split = (region_split(state, s) or side_split(state)) if state.round == 0 else None
+    clarify = split[0] if split else None
     notice = weak_notice(s.best_retrieval, usual_best(ctx.searcher))
     if state.tool_errors and not state.candidates:  # the planner's searches were refused: say why, not guess
         return Decision("answer", found, s, "every search was refused", notice=None)
-    if clarify and ctx.threaded:
-        return Decision("ask_back", found, s, "no region named and the evidence splits across regions",
-                        clarify=clarify, notice=notice)
+    if split and ctx.threaded:
+        return Decision("ask_back", found, s, split[1], clarify=clarify, notice=notice)
     if not found:
         return Decision("answer", found, s, "the evidence is strong enough", clarify=clarify, notice=notice)
     if state.round >= ctx.rounds:

@@ -111,6 +111,20 @@ def test_ask_back_in_a_thread_and_the_next_message_resolves_it(word_searcher):
     assert not resolved.asked_back and resolved.rows[0].label.startswith("nose")
 
 
+def test_both_sides_for_one_finding_asks_which_and_the_answer_resolves_it(word_searcher):
+    a = _assistant(word_searcher, k=2)
+    one_shot = a.ask("wax in the left or right ear")  # one-shot: never blocks, says what is open
+    assert one_shot.clarify and "both sides" in one_shot.clarify and not one_shot.asked_back and one_shot.rows
+    asked = a.ask("wax in the left or right ear", a.turn(thread="t2"))
+    assert asked.asked_back and asked.rounds[-1]["decision"] == "ask_back"
+    assert asked.rounds[-1]["reason"] == "both sides named for one finding" and asked.rows  # best guesses below
+    resolved = a.ask("the right", a.turn(thread="t2"))
+    assert resolved.constraints.get("side") == "right" and resolved.question == "wax in the right ear"
+    assert not resolved.asked_back and [r.label for r in resolved.rows] == ["ear-right", "ear-right"]
+    for meant in ("bilateral ear wax", "wax in both ears, left and right"):  # both meant: nothing to ask
+        assert not a.ask(meant, a.turn(thread=f"t-{meant}")).asked_back
+
+
 def test_weak_evidence_is_said_in_one_line(word_searcher):
     from agent.evidence import Usual, usual_best
 
