@@ -44,7 +44,7 @@ def main() -> None:
     for q in QUESTIONS[:3]:
         assistant.ask(q)  # warm-up
     totals, nodes = [], {}
-    loop = {"off": [], "on": [], "on_quiet": [], "on_triggered": [], "extra_tools": [], "triggered": 0}
+    on_quiet, on_triggered, extra_tools = [], [], []  # with --rounds: the loop-on turns, and what they added
     for i in range(args.turns):
         q = QUESTIONS[i % len(QUESTIONS)]
         ans = assistant.ask(q)
@@ -54,11 +54,8 @@ def main() -> None:
                 nodes.setdefault(node, []).append(ms)
         if args.rounds:  # the same question with the corrective loop on, right after (the same load)
             on = assistant.ask(q, assistant.turn(rounds=args.rounds))
-            loop["off"].append(ans.timings["total"])
-            loop["on"].append(on.timings["total"])
-            loop["on_triggered" if on.cost["rounds"] else "on_quiet"].append(on.timings["total"])
-            loop["triggered"] += bool(on.cost["rounds"])
-            loop["extra_tools"].append(on.cost["tool_calls"] - ans.cost["tool_calls"])
+            (on_triggered if on.cost["rounds"] else on_quiet).append(on.timings["total"])
+            extra_tools.append(on.cost["tool_calls"] - ans.cost["tool_calls"])
     p50, p95 = statistics.median(totals), statistics.quantiles(totals, n=20)[18]
     print(f"offline ask turn: p50 {p50:.1f} ms, p95 {p95:.1f} ms over {args.turns} turns (goal: p50 < 100 ms)")
     whole = sum(statistics.median(v) for v in nodes.values())
@@ -66,11 +63,10 @@ def main() -> None:
         print(f"  {node:8s} p50 {statistics.median(v):7.1f} ms  ({100 * statistics.median(v) / whole:4.1f} %)")
     if args.rounds:
         med = lambda v: f"{statistics.median(v):.1f} ms" if v else "n/a"  # noqa: E731
-        print(f"--rounds {args.rounds} beside --rounds 0, paired per question: loop off p50 {med(loop['off'])}, "
-              f"loop on p50 {med(loop['on'])}; on, not triggered p50 {med(loop['on_quiet'])} "
-              f"({len(loop['on_quiet'])} turns), triggered p50 {med(loop['on_triggered'])} "
-              f"({loop['triggered']} of {args.turns}); mean extra tool calls per question "
-              f"{statistics.mean(loop['extra_tools']):.2f}")
+        print(f"--rounds {args.rounds} beside --rounds 0, paired per question: loop off p50 {med(totals)}, "
+              f"loop on p50 {med(on_quiet + on_triggered)}; on, not triggered p50 {med(on_quiet)} "
+              f"({len(on_quiet)} turns), triggered p50 {med(on_triggered)} ({len(on_triggered)} of {args.turns}); "
+              f"mean extra tool calls per question {statistics.mean(extra_tools):.2f}")
     g.close()
 
 

@@ -98,8 +98,6 @@ def prefetch(path: str | Path) -> None:
         except BaseException as e:  # noqa: BLE001 - re-raised by load_encoder's own attempt
             done.set_exception(e)
 
-    if not _opening:
-        atexit.register(_settle)
     _opening[key] = done
     threading.Thread(target=open_export, name="kger-prefetch", daemon=True).start()
 
@@ -114,6 +112,9 @@ def _settle(timeout: float = 30.0) -> None:
             done.exception(timeout=timeout)
         except Exception:  # noqa: BLE001 - a timeout or a cancelled future: nothing more to wait for
             pass
+
+
+atexit.register(_settle)  # once; it waits only for prefetches not yet taken by `load_encoder`
 
 
 def _prefetched(path: Path) -> Encoder | None:

@@ -178,8 +178,8 @@ def test_a_long_trace_show_is_paged_on_a_terminal_only(chat_gallery, tmp_path):
 
 @pytest.mark.parametrize("command", ["ask", "chat", "batch", "eval"])
 def test_every_turn_command_takes_judge_and_rounds_with_one_default(command, monkeypatch, tmp_path):
-    """--judge reaches the session (open_assistant) and --rounds the turn, on each command that runs turns;
-    --rounds defaults to the one constant (agent/core/limits.DEFAULT_ROUNDS), which the README calls off."""
+    """--judge reaches the session (open_assistant) on each command that runs turns, and each has --rounds
+    defaulting to the one constant (agent/core/limits.DEFAULT_ROUNDS), which the README calls off."""
     import importlib
     import inspect
 
@@ -197,8 +197,8 @@ def test_every_turn_command_takes_judge_and_rounds_with_one_default(command, mon
     queries.write_text("left ear\n")
     truth = tmp_path / "truth.csv"
     truth.write_text("query,image\nleft ear,x.png\n")
-    argv = {"ask": ["ask", "left ear"], "chat": ["chat"], "batch": ["batch", str(queries), "--out", str(tmp_path / "o")],
-            "eval": ["eval", str(truth)]}[command]
+    argv = {"ask": ["ask", "left ear"], "chat": ["chat"], "eval": ["eval", str(truth)],
+            "batch": ["batch", str(queries), "--out", str(tmp_path / "o")]}[command]
     r = CliRunner().invoke(app, [*argv, "--judge", "list", "--home", str(tmp_path / "home")], input="")
     assert r.exit_code == 3 and seen == {"judge": "list"}, r.output
     fn = getattr(module, {"eval": "evaluate"}.get(command, command))

@@ -18,8 +18,8 @@ from rich.console import Console
 
 from agent.cli.ask import answer_table
 from agent.cli.common import (
-    ChromaUrlOpt, HomeOpt, JudgeOpt, KOpt, LlmOpt, RoundsOpt, StoreOpt, StrictOpt, announce_llm, err_console, open_assistant,
-    out_console, start,
+    ChromaUrlOpt, HomeOpt, JudgeOpt, KOpt, LlmOpt, RoundsOpt, StoreOpt, StrictOpt, announce_llm, err_console,
+    open_assistant, out_console, start,
 )
 from agent.core.events import read_events
 from agent.core.limits import DEFAULT_ROUNDS, MAX_K
@@ -129,7 +129,7 @@ class ChatSession:
                 answer = run_cancellable(lambda: self.assistant.ask(text, self.turn), self.assistant.cancel_turn,
                                          token=token)
                 finished = True
-            if answer.status == "error":  # no answer: say why (a bad follow-up, a store that failed), never an empty table
+            if answer.status == "error":  # no answer: say why (a bad follow-up, a failed store), never an empty table
                 self.console.print(line("No image found for ", literal(repr(answer.question)), "."))
                 self.hint(answer.error or "the turn failed")
                 return

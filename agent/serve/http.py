@@ -47,8 +47,8 @@ class EventStream(StreamingResponse):
     media_type = "text/event-stream"
 
 
-STREAM_DOC = {200: {"description": "server-sent events: `node`, `progress` and `reflect` (a loop decision) while the turn runs, then one "
-                                   "`answer` (the /ask body) or one `error` ({error, status})",
+STREAM_DOC = {200: {"description": "server-sent events: `node`, `progress` and `reflect` (a loop decision) while "
+                                   "the turn runs, then one `answer` (the /ask body) or one `error` ({error, status})",
                     "content": {"text/event-stream": {"schema": SSE_EVENT}}}}
 RunId = Path(min_length=1, max_length=MAX_ID, pattern=NONBLANK, description="A run id or a unique prefix of one.")
 
@@ -137,8 +137,8 @@ def create_app(service: Service, token: Optional[str] = None, mcp: bool = True, 
     @app.post("/ask", summary="The whole agent: plan, retrieve, judge, fuse; the answer with its run id",
               response_model=AskResponse, responses=errors(400, 413, 422, 503))
     async def ask(req: AskRequest) -> dict:
-        return await service.judged(lambda: _thumbed(service.ask(req.text, req.k, req.thread_id, rounds=req.rounds), "rows",
-                                                     req.thumbnails))
+        return await service.judged(lambda: _thumbed(service.ask(req.text, req.k, req.thread_id, rounds=req.rounds),
+                                                     "rows", req.thumbnails))
 
     @app.post("/ask/stream", summary="Like /ask, as server-sent events: node, progress, then answer (or error)",
               response_class=EventStream, responses={**STREAM_DOC, **errors(400, 413, 422)})

@@ -187,8 +187,9 @@ class Service:
         if thread_id is not None:
             check_text(thread_id, "thread_id")
         # a server's answers can be followed up (the thread id comes back), so each keeps its thread
+        # local_files=False: a remote caller's text must not open server files
         turn = self.assistant.turn(k=k, pool=None, thread=thread_id or uuid.uuid4().hex, kind="ask",
-                                   rounds=rounds, local_files=False)  # a remote caller's text must not open server files
+                                   rounds=rounds, local_files=False)
         with self.lock:
             answer = self.assistant.ask(text, turn, on_event=on_event)
         if answer.status == "error":  # the store or a model failed: an error, not an empty answer
