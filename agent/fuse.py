@@ -28,7 +28,9 @@ def fuse(state: State, runtime: Runtime[Context]) -> dict:
     ctx = runtime.context
     by_id = {c.id: c for c in state.candidates}
     verdicts = {v.id: v for v in state.verdicts}
-    ranking = rank([(c.id, c.score) for c in state.candidates], [(v.id, v.score) for v in state.verdicts],
+    # verdicts of images a corrective round judged but did not keep (agent/reflect.py) stay out of the fusion
+    ranking = rank([(c.id, c.score) for c in state.candidates], [(v.id, v.score) for v in state.verdicts
+                                                                 if v.id in by_id],
                    {c.id: contradiction(c, state.constraints) for c in state.candidates}, ctx.fuse)
     rows = [AnswerRow.of(n, by_id[r.id], verdicts.get(r.id), r) for n, r in enumerate(ranking[: ctx.k], start=1)]
     last = state.rounds[-1] if state.rounds else {}

@@ -1,8 +1,9 @@
 """The judge node: merge a round's tool results into the turn's candidates and score each new candidate once.
 
 The turn's candidates are the union over its rounds (agent/reflect.py makes the later rounds): round 1's
-merged list, then each later round's images not already found, in that round's merged order. Only those new
-images are judged, so a round costs judge calls for what it adds, never for what the turn has already seen."""
+merged list, then each later round's images not already found (or judged), in that round's merged order. Only
+those new images are judged, so a round costs judge calls for what it adds, never for what the turn has already
+seen; agent/reflect.py then keeps those that improve the evidence."""
 from __future__ import annotations
 
 import inspect
@@ -97,7 +98,7 @@ def judge(state: State, runtime: Runtime[Context]) -> dict:
     lists, errors = turn_results(state.messages)
     limit = round_limit(state.messages, ctx.pool)
     if state.round:  # a corrective round adds up to `limit` new images that meet, or may meet, its filters
-        known = {c.id for c in state.candidates} | references(state)
+        known = {c.id for c in state.candidates} | {v.id for v in state.verdicts} | references(state)
         found = [c for c in merge(lists, 10**6) if c.id not in known and c.filter_match is not False][:limit]
     else:
         found = merge(lists, limit)

@@ -124,10 +124,11 @@ class State(InputState):
 
     candidates: list[Candidate] = field(default_factory=list)
     """Retrieved images of this turn: the union over its rounds, in the union's retrieval order (round 1's
-    merged order, then each later round's new images in theirs; agent/posfuse.py)."""
+    merged order, then each later round's new images that the loop kept, in theirs; agent/posfuse.py)."""
 
     verdicts: list[Verdict] = field(default_factory=list)
-    """One judge verdict per candidate (each judged once per turn, in the round that found it)."""
+    """One judge verdict per image judged this turn (once, in the round that found it): the candidates', and
+    those of images a corrective round judged but did not keep (agent/reflect.keep_improving)."""
 
     round: int = 0
     """Extra search rounds made so far in this turn (0: the planner's round only)."""

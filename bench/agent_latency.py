@@ -47,7 +47,7 @@ def main() -> None:
     on_quiet, on_triggered, extra_tools = [], [], []  # with --rounds: the loop-on turns, and what they added
     for i in range(args.turns):
         q = QUESTIONS[i % len(QUESTIONS)]
-        ans = assistant.ask(q)
+        ans = assistant.ask(q, assistant.turn(rounds=0))  # one pass (the default is the loop: DEFAULT_ROUNDS)
         totals.append(ans.timings["total"])
         for node, ms in ans.timings.items():
             if node != "total":

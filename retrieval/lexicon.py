@@ -45,7 +45,7 @@ def class_side(cls: str) -> str | None:
 _SITE_TERMS: dict[str, tuple[str, ...]] = {
     "ear": (
         r"ears?", r"auricular", r"auricles?", r"pinnae?", r"oto(?:scopy|scopic|endoscopy|endoscopic)",
-        r"tympanic membranes?", r"tympanic", r"tms?", r"ear[\s-]*drums?", r"external auditory (?:canals?|meatus)",
+        r"tympanic membranes?", r"tympanic", r"tms?", r"(?:ear[\s-]*)?drums?", r"external auditory (?:canals?|meatus)",
         r"auditory (?:canals?|meatus)", r"eacs?", r"ear canals?", r"middle ears?", r"otitis(?: media| externa)?",
         r"otorrh(?:o)?ea", r"otomycosis", r"cerumen", r"ceruminous", r"(?:ear)?wax", r"cone of light",
         r"light reflex", r"malleus", r"malleolar", r"umbo", r"pars (?:flaccida|tensa)", r"attic",

@@ -179,7 +179,7 @@ def test_a_long_trace_show_is_paged_on_a_terminal_only(chat_gallery, tmp_path):
 @pytest.mark.parametrize("command", ["ask", "chat", "batch", "eval"])
 def test_every_turn_command_takes_judge_and_rounds_with_one_default(command, monkeypatch, tmp_path):
     """--judge reaches the session (open_assistant) on each command that runs turns, and each has --rounds
-    defaulting to the one constant (agent/core/limits.DEFAULT_ROUNDS), which the README calls off."""
+    defaulting to the one constant (agent/core/limits.DEFAULT_ROUNDS), the two rounds the README states."""
     import importlib
     import inspect
 
@@ -202,5 +202,5 @@ def test_every_turn_command_takes_judge_and_rounds_with_one_default(command, mon
     r = CliRunner().invoke(app, [*argv, "--judge", "list", "--home", str(tmp_path / "home")], input="")
     assert r.exit_code == 3 and seen == {"judge": "list"}, r.output
     fn = getattr(module, {"eval": "evaluate"}.get(command, command))
-    assert inspect.signature(fn).parameters["rounds"].default == DEFAULT_ROUNDS == 0
+    assert inspect.signature(fn).parameters["rounds"].default == DEFAULT_ROUNDS == 2
     assert "--rounds" in CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output

@@ -138,7 +138,8 @@ def test_bad_tool_arguments_stay_a_tool_error(store_home):
         {"name": "retrieve", "args": {"query": "throat", "region": "throat"}, "id": "c2", "type": "tool_call"}])]))
     base = Assistant.open("default", k=3, persist=False)
     with TraceDB(store_home / "traces.db") as db:
-        ans = Assistant(searcher=base.searcher, planner=bad, judge=OfflineJudge(), k=3, traces=db).ask("white patches")
+        a = Assistant(searcher=base.searcher, planner=bad, judge=OfflineJudge(), k=3, traces=db)
+        ans = a.ask("white patches", a.turn(rounds=0))  # the planner's own round, where its bad filter is
         run = db.get_run(ans.run_id)
     assert ans.status == "ok" and ans.rows[0].label == "throat"
     [retrieve] = [ev["payload"] for ev in run["events"] if (ev["node"], ev["kind"]) == ("retrieve", "candidates")]

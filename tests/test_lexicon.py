@@ -23,6 +23,8 @@ PHRASINGS = {
     "left ear": ("ear", "left", None),
     "Right tympanic membrane": ("ear", "right", None),
     "perforation of the left eardrum": ("ear", "left", None),
+    "perforated drum": ("ear", None, None),  # clinic shorthand: the drum is the eardrum
+    "dull retracted drum, left": ("ear", "left", None),
     "L ear": ("ear", "left", None),
     "R TM perforation": ("ear", "right", None),
     "Rt. ear canal": ("ear", "right", None),

@@ -46,8 +46,40 @@ def test_a_judge_scoring_everything_low_makes_exactly_the_bounded_rounds_then_an
         assert len(judge.seen) == len(set(judge.seen))  # each image judged once per turn
         assert ans.cost["judge_calls"] == len(judge.seen)
         assert ans.cost["tool_calls"] <= 12
-    # the later rounds found more ear images, fused once over the union, retrieval_rank is the union's order
+    # the later rounds found and judged more ear images, none above the best so far: none entered the fusion
     assert len(judge.seen) == 4 and {r.label for r in ans.rows} <= {"ear-left", "ear-right"}
+    assert [r.id for r in ans.rows] == [r.id for r in a.ask("wax in the ear", a.turn(rounds=0)).rows]
+    assert sum(len(r["dropped"]) for r in ans.rounds) == 2 and not any(r["kept"] for r in ans.rounds)
+
+
+class LaterBetterJudge:
+    """Scores the images of its first call 0.3, then, in later calls, one image 0.9 and the rest 0.2."""
+
+    name = "later"
+
+    def __init__(self):
+        self.calls = 0
+
+    def judge(self, query, candidates, on_progress=None):
+        self.calls += 1
+        scores = [0.3] * len(candidates) if self.calls == 1 else [0.9] + [0.2] * (len(candidates) - 1)
+        return [Verdict(id=c.id, score=s, justification="", judge="offline", model="later")
+                for c, s in zip(candidates, scores)]
+
+
+def test_a_round_keeps_only_what_the_judge_scored_above_the_turns_best(word_searcher):
+    """A later round's images enter the fusion only above the best so far: the better one is first, the weaker
+    ones stay out (judged, in the round record), so round 1's images keep their one-pass order among them."""
+    a = _assistant(word_searcher, LaterBetterJudge(), k=2, pool=2)
+    one = a.ask("wax in the ear", a.turn(rounds=0))
+    a.judge.calls = 0
+    ans = a.ask("wax in the ear", a.turn(rounds=1))
+    [first, last] = ans.rounds
+    assert first["decision"] == "search_again" and len(last["kept"]) == 1 and last["dropped"]
+    assert ans.rows[0].id == last["kept"][0] and ans.rows[0].judge == 0.9
+    assert ans.rows[0].retrieval_rank == 3  # the union's order: round 1's two, then the kept one
+    assert ans.rows[1].id == one.rows[0].id
+    assert not set(last["dropped"]) & {r.id for r in ans.rows}
 
 
 def test_strong_evidence_answers_at_once(word_searcher):

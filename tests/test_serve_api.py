@@ -202,15 +202,17 @@ def _sse(response) -> list[tuple[str, dict]]:
 
 
 def test_rounds_over_http_and_mcp_and_each_round_streams_as_a_reflect_event(service, http):
-    """Issue 19: `rounds` on /ask, /ask/stream and MCP ask (default: DEFAULT_ROUNDS, one pass); the stream shows
-    each decision of the loop as it is made, the same decisions the answer and the trace keep."""
+    """Issue 19: `rounds` on /ask, /ask/stream and MCP ask (default: DEFAULT_ROUNDS; 0: one pass); the stream
+    shows each decision of the loop as it is made, the same decisions the answer and the trace keep."""
     from agent.core.events import read_events
     from agent.core.limits import DEFAULT_ROUNDS, MAX_ROUNDS
 
     service.assistant.judge = _LowJudge()
-    once = http.post("/ask", json={"text": "wax in the ear", "k": 2})
-    assert once.status_code == 200 and once.json()["cost"]["rounds"] == DEFAULT_ROUNDS == 0
+    once = http.post("/ask", json={"text": "wax in the ear", "k": 2, "rounds": 0})
+    assert once.status_code == 200 and once.json()["cost"]["rounds"] == 0
     assert [r["decision"] for r in once.json()["rounds"]] == ["answer"]
+    default = http.post("/ask", json={"text": "wax in the ear", "k": 2})  # everything judged low: every round made
+    assert default.status_code == 200 and default.json()["cost"]["rounds"] == DEFAULT_ROUNDS == 2
     with http.stream("POST", "/ask/stream", json={"text": "wax in the ear", "k": 2, "rounds": 2}) as r:
         assert r.status_code == 200
         events = _sse(r)

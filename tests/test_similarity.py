@@ -99,7 +99,7 @@ def _classes(results, labels):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason="issue 21 acceptance not reached: with the small test bundle (2 folds, 4 epochs) "
-                   "the held-out left ear's top 5 are right ears; see /work/notes/retr.md for the measured shares")
+                   "the held-out left ear's top 5 are right ears; bench/blind_quality.py measures the shares")
 @pytest.mark.parametrize("cls", ["ear-left", "nose-left"])
 def test_a_held_out_image_finds_its_side_and_its_mirror_the_other(trained_store, calibrated_bundle, entrep_train,
                                                                   entrep_labels, tmp_path, cls):

@@ -17,7 +17,7 @@ from rich.text import Text
 
 from agent.core.render import BLOCK_CHARS, clean, literal
 from agent.core.events import read_events
-from agent.core.report import call_text, class_text, fmt_num
+from agent.core.report import call_text, class_text, fmt_num, kept_text
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -178,6 +178,8 @@ def run_view(run: dict, short: bool = False) -> RenderableType:
     for rf in ev.rounds:  # the corrective loop (agent/reflect.py): one decision per round
         parts += [_h(f"Reflect, round {rf.round + 1}: {rf.decision}"),
                   _kv(reason=rf.reason, triggers="; ".join(rf.triggers) or "none", ms=rf.ms)]
+        if rf.kept or rf.dropped:
+            parts.append(literal(kept_text(rf)))
         parts += [literal(f"- {call_text(c)}") for c in rf.calls]
         parts += [literal(f"! {c['tool']} {c['kind']} {c['filter']}: the planner gave {c['planner']!r}, the "
                           f"description says {c['description']!r} (used)", style="yellow") for c in rf.conflicts]

@@ -82,6 +82,9 @@ class ReflectEvent(_Event):
     conflicts: list[dict] = Field(default_factory=list)
     clarify: Optional[str] = None
     notice: Optional[str] = None
+    candidates: Optional[int] = None  # the turn's candidates after this decision (the union so far)
+    kept: list[str] = Field(default_factory=list)  # the last round's new images that entered the union
+    dropped: list[str] = Field(default_factory=list)  # judged, but not above the turn's best: left out
     ms: Optional[float] = None
 
 

@@ -80,6 +80,14 @@ def call_text(call: dict) -> str:
     return f"{call.get('name')}({args})"
 
 
+def kept_text(rf) -> str:
+    """What the loop kept of a corrective round's new images (agent/reflect.keep_improving)."""
+    n = len(rf.kept) + len(rf.dropped)
+    return (f"kept {len(rf.kept)} of the {n} new images the last round judged (those above the turn's best so "
+            f"far, or meeting the description while too few did); the other {len(rf.dropped)} stay out of the "
+            "fusion")
+
+
 def _table(headers: Iterable[str], rows: Iterable[Iterable[str]], cls: str = "") -> str:
     """Cells must be escaped HTML already; a cell starting with '\\x00num' is right-aligned."""
     head = "".join(f"<th>{e(h)}</th>" for h in headers)
@@ -196,7 +204,8 @@ def _run_section(run: dict, heading: str = "h2", open_details: bool = True, anch
 
     for rf in ev.rounds:  # the corrective loop (agent/reflect.py): one decision per round
         calls = "".join(f"<li><code>{e(call_text(c))}</code></li>" for c in rf.calls)
-        notes = "".join(f"<p>{e(x)}</p>" for x in (rf.clarify, rf.notice) if x)
+        notes = "".join(f"<p>{e(x)}</p>" for x in (kept_text(rf) if rf.kept or rf.dropped else None, rf.clarify,
+                                                   rf.notice) if x)
         body = (f"<p>{e(rf.reason)}; triggers: {e('; '.join(rf.triggers) or 'none')}</p><ul>{calls}</ul>{notes}"
                 f"<pre>{e(json.dumps(rf.signals))}</pre>")
         parts.append(_details(f"<b>Reflect, round {rf.round + 1}</b>: {e(rf.decision)}", body, open_details))
