@@ -18,8 +18,8 @@ The retrieval list of a turn of several rounds (the corrective loop, agent/refle
 rounds, fused once: round 1's merged list in its order (filter tier, then cosine), then each later round's
 images that no earlier round found and that the loop kept (judged above the turn's best so far, or meeting the
 description while too few did: agent/reflect.keep_improving), in that round's merged order, round after round.
-An image found again keeps its first place. `retrieval_rank` in the answer rows is the place in that union, so an outside Pos-Fuse
-over the rows' (retrieval_rank, judge) pairs reproduces the ranking.
+An image found again keeps its first place. `retrieval_rank` in the answer rows is the place in that union, so an
+outside Pos-Fuse over the rows' (retrieval_rank, judge) pairs reproduces the ranking.
 """
 from __future__ import annotations
 

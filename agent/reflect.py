@@ -98,9 +98,13 @@ def may_satisfy(c, allowed: tuple) -> bool:
     return bool(c.filter_match) or (c.filter_match is None and c.known_class() is None and c.predicted in allowed)
 
 
+def allowed_classes(cons: dict) -> tuple:
+    """The classes the description's constraints allow; () when it pins nothing."""
+    return classes_for(cons.get("region"), cons.get("side"), cons.get("state")) if cons else ()
+
+
 def signals(state: State, ctx: Context) -> Signals:
-    cons = state.constraints
-    allowed = classes_for(cons.get("region"), cons.get("side"), cons.get("state")) if cons else ()
+    allowed = allowed_classes(state.constraints)
     pairs = ranked(state)
     top = pairs[:TOP]
     described = state.constraints.get("region")
@@ -201,9 +205,8 @@ def keep_improving(state: State, ctx: Context) -> tuple[list, list[str], list[st
         return list(state.candidates), [], []
     score = {v.id: v.score for v in state.verdicts}
     best = max((score[c.id] for c in old if c.id in score), default=float("-inf"))
-    cons = state.constraints
-    allowed = classes_for(cons.get("region"), cons.get("side"), cons.get("state")) if cons else ()
-    short = bool(cons) and sum(may_satisfy(c, allowed) for c in old) < min(ctx.k, SATISFY_MIN)
+    allowed = allowed_classes(state.constraints)
+    short = bool(state.constraints) and sum(may_satisfy(c, allowed) for c in old) < min(ctx.k, SATISFY_MIN)
     kept = [c for c in new if score.get(c.id, float("-inf")) > best or (short and may_satisfy(c, allowed))]
     ids = {c.id for c in kept}
     merged = [c.model_copy(update={"rank": i}) for i, c in enumerate(old + kept, start=1)]

@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +147,7 @@ def side_first(want: list[str], got: list[list[str]], held: dict[str, str], regi
                in_gallery: bool) -> float | None:
     """Same-side share among a sided query's first m neighbours from its region, m = how many images of the
     wanted class the gallery holds besides the query (a mirrored query is not in it): 1.0 is reachable."""
-    count = {c: list(held.values()).count(c) for c in set(held.values())}
+    count = Counter(held.values())
     shares = []
     for w, g in zip(want, got):
         reg, side = region_side(w)
